@@ -1,0 +1,205 @@
+"""The currency of delfi: `Features`, `Matches` and the one coordinate convention.
+
+Coordinate convention (everywhere in delfi): x points right, y points down, and the centre of the
+top-left pixel is (0, 0). Resizing an image by a factor ``s`` maps a coordinate ``x`` to
+``(x + 0.5) * s - 0.5``; `rescale_keypoints` is the only place that formula lives. Other conventions
+(TF's (y, x), COLMAP's +0.5, the official R2D2 ``x * W / w``) exist only in importers and exporters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+COORDINATE_CONVENTION = "xy-pixel-centre-origin"
+"""Name of delfi's convention, written into every file delfi saves."""
+
+GEOMETRY_KINDS = ("homography", "fundamental", "affine")
+
+
+def rescale_keypoints(keypoints: Tensor | np.ndarray, scale: Any) -> Tensor | np.ndarray:
+    """Map keypoints from one image size to another: ``x -> (x + 0.5) * scale - 0.5``.
+
+    Args:
+        keypoints: (N, 2) array or tensor of (x, y) in the source image's pixels.
+        scale: a scalar, a pair ``(sx, sy)`` or an (N, 2) array: target size / source size.
+
+    Returns:
+        (N, 2) keypoints in the target image's pixels, same type as the input.
+    """
+    if isinstance(keypoints, Tensor):
+        s = torch.as_tensor(scale, dtype=keypoints.dtype, device=keypoints.device)
+        return (keypoints + 0.5) * s - 0.5
+    kp = np.asarray(keypoints)
+    return (kp + 0.5) * np.asarray(scale, dtype=kp.dtype) - 0.5
+
+
+def _to(value: Any, device: str | torch.device | None, numpy: bool) -> Any:
+    if value is None:
+        return None
+    if numpy:
+        return value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+    tensor = torch.as_tensor(value)
+    return tensor.to(device) if device is not None else tensor
+
+
+@dataclass
+class Features:
+    """Local (and optionally global) features of ONE image.
+
+    Attributes:
+        keypoints: (N, 2) float32, (x, y) in ORIGINAL image pixels (delfi's convention).
+        scores: (N,) float32 detection / attention score, higher is better.
+        descriptors: (N, D) float32 (or float16 when stored so), L2-normalised rows.
+        scales: (N,) float32 support size in original pixels, or None.
+        global_descriptor: (G,) float32 L2-normalised global vector, or None.
+        image_size: (width, height) of the original image.
+        meta: free-form extras a model may attach (never needed by later stages).
+    """
+
+    keypoints: Tensor
+    scores: Tensor
+    descriptors: Tensor
+    scales: Tensor | None = None
+    global_descriptor: Tensor | None = None
+    image_size: tuple[int, int] = (0, 0)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    _ARRAYS = ("keypoints", "scores", "descriptors", "scales", "global_descriptor")
+
+    def __post_init__(self) -> None:
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        self.validate()
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    def validate(self) -> None:
+        """Raise ValueError if the shapes disagree with each other."""
+        kp, sc, de = self.keypoints, self.scores, self.descriptors
+        if kp.ndim != 2 or kp.shape[1] != 2:
+            raise ValueError(f"keypoints must be (N, 2), got {tuple(kp.shape)}")
+        n = kp.shape[0]
+        if tuple(sc.shape) != (n,):
+            raise ValueError(f"scores must be ({n},), got {tuple(sc.shape)}")
+        if de.ndim != 2 or de.shape[0] != n:
+            raise ValueError(f"descriptors must be ({n}, D), got {tuple(de.shape)}")
+        if self.scales is not None and tuple(self.scales.shape) != (n,):
+            raise ValueError(f"scales must be ({n},), got {tuple(self.scales.shape)}")
+        if self.global_descriptor is not None and self.global_descriptor.ndim != 1:
+            raise ValueError(f"global_descriptor must be (G,), got {tuple(self.global_descriptor.shape)}")
+        if min(self.image_size) < 0:
+            raise ValueError(f"image_size must be (width, height) >= 0, got {self.image_size}")
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.descriptors.shape[1])
+
+    def _map(self, fn) -> "Features":
+        return replace(self, **{name: fn(getattr(self, name)) for name in self._ARRAYS})
+
+    def to(self, device: str | torch.device) -> "Features":
+        """The same features as tensors on ``device``."""
+        return self._map(lambda v: _to(v, device, numpy=False))
+
+    def numpy(self) -> dict[str, Any]:
+        """A dict of numpy arrays (keys as the attributes; None entries left out) plus image_size."""
+        out = {name: _to(getattr(self, name), None, numpy=True) for name in self._ARRAYS}
+        out = {k: v for k, v in out.items() if v is not None}
+        out["image_size"] = self.image_size
+        return out
+
+    @classmethod
+    def from_numpy(cls, arrays: dict[str, Any], image_size: tuple[int, int] | None = None) -> "Features":
+        """Build from a dict of arrays as written by `numpy` (missing optional keys become None)."""
+        size = image_size if image_size is not None else tuple(np.asarray(arrays["image_size"]).tolist())
+        kwargs = {name: _to(arrays.get(name), None, numpy=False) for name in cls._ARRAYS}
+        return cls(image_size=size, **kwargs)
+
+    def select(self, index: Tensor | np.ndarray | slice) -> "Features":
+        """A subset of keypoints (boolean mask, integer indices or slice); global descriptor kept."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        if isinstance(index, Tensor):
+            index = index.to(self.keypoints.device)
+        return replace(
+            self,
+            keypoints=self.keypoints[index],
+            scores=self.scores[index],
+            descriptors=self.descriptors[index],
+            scales=None if self.scales is None else self.scales[index],
+        )
+
+    def top_k(self, k: int) -> "Features":
+        """The ``k`` highest-scoring keypoints, best first (all of them if k <= 0 or k >= N)."""
+        order = torch.argsort(self.scores, descending=True, stable=True)
+        return self.select(order[:k] if 0 < k < len(self) else order)
+
+
+@dataclass
+class Matches:
+    """Correspondences between the keypoints of two images.
+
+    Attributes:
+        indices: (K, 2) int64, rows ``(i0, i1)`` into the first and second keypoint sets.
+        scores: (K,) float32 match score (e.g. descriptor similarity).
+        inliers: (K,) bool after geometric verification, else None.
+        model: (3, 3) float64 estimated geometry after verification, else None.
+        kind: the model's kind, one of ``GEOMETRY_KINDS``, or None.
+    """
+
+    indices: Tensor
+    scores: Tensor
+    inliers: Tensor | None = None
+    model: Tensor | None = None
+    kind: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def validate(self) -> None:
+        if self.indices.ndim != 2 or self.indices.shape[1] != 2:
+            raise ValueError(f"indices must be (K, 2), got {tuple(self.indices.shape)}")
+        k = self.indices.shape[0]
+        if tuple(self.scores.shape) != (k,):
+            raise ValueError(f"scores must be ({k},), got {tuple(self.scores.shape)}")
+        if self.inliers is not None and tuple(self.inliers.shape) != (k,):
+            raise ValueError(f"inliers must be ({k},), got {tuple(self.inliers.shape)}")
+        if self.model is not None and tuple(self.model.shape) != (3, 3):
+            raise ValueError(f"model must be (3, 3), got {tuple(self.model.shape)}")
+        if self.kind is not None and self.kind not in GEOMETRY_KINDS:
+            raise ValueError(f"kind must be one of {GEOMETRY_KINDS}, got {self.kind!r}")
+
+    @property
+    def num_inliers(self) -> int:
+        return int(self.inliers.sum()) if self.inliers is not None else 0
+
+    def to(self, device: str | torch.device) -> "Matches":
+        return Matches(
+            *(_to(getattr(self, f.name), device, numpy=False) if f.name != "kind" else self.kind for f in fields(self))
+        )
+
+    def numpy(self) -> dict[str, Any]:
+        out = {f.name: _to(getattr(self, f.name), None, numpy=True) for f in fields(self) if f.name != "kind"}
+        out = {k: v for k, v in out.items() if v is not None}
+        if self.kind is not None:
+            out["kind"] = self.kind
+        return out
+
+    def select(self, index: Tensor | np.ndarray) -> "Matches":
+        """A subset of matches; the model is kept."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        return replace(
+            self,
+            indices=self.indices[index],
+            scores=self.scores[index],
+            inliers=None if self.inliers is None else self.inliers[index],
+        )

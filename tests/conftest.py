@@ -1,0 +1,30 @@
+"""Shared fixtures. Real data made elsewhere lives in ../shared/data (override with DELFI_TEST_DATA);
+tests that need it skip with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    return Path(os.environ.get("DELFI_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The root of the shared real test data; skips the test when it is not there."""
+    root = shared_data_root()
+    if not root.is_dir():
+        pytest.skip(f"shared test data not found at {root} (set DELFI_TEST_DATA)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_delfi_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty DELFI_HOME so no test touches the user's cache."""
+    monkeypatch.setenv("DELFI_HOME", str(tmp_path_factory.mktemp("delfi_home")))
