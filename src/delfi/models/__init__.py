@@ -1,0 +1,79 @@
+"""Model registry: build any delfi extractor from a preset name (or YAML file) plus overrides.
+
+>>> import delfi
+>>> delfi.models.list()                                        # doctest: +SKIP
+['faster2d2', 'r2d2', 'r2d2-large', 'r2d2-n8-big']
+>>> model = delfi.models.create("r2d2", weights="r2d2-wasf-n16", top_k=2000)   # doctest: +SKIP
+>>> features = model.extract("photo.jpg")                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from importlib import import_module
+from typing import Any, Mapping, Sequence
+
+from delfi.config import ConfigError, build_config, load_preset, parse_overrides, preset_names
+
+# model family -> (module, model class, config class)
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "r2d2": ("delfi.models.r2d2", "R2D2", "R2D2Config"),
+}
+
+
+def list() -> builtins.list[str]:  # noqa: A001 - the documented public name
+    """Names of the presets that `create` accepts."""
+    return preset_names()
+
+
+def family_classes(family: str) -> tuple[type, type]:
+    """(model class, config class) of a model family."""
+    if family not in FAMILIES:
+        raise ConfigError(f"model: unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    module_name, model_name, config_name = FAMILIES[family]
+    module = import_module(module_name)
+    return getattr(module, model_name), getattr(module, config_name)
+
+
+def resolve_config(
+    preset: str | os.PathLike = "r2d2",
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+) -> Any:
+    """The validated config object of ``preset`` with ``overrides`` (``key=value`` strings or a dict)."""
+    layers = load_preset(preset)
+    extra = parse_overrides(overrides) if isinstance(overrides, (builtins.list, tuple)) else dict(overrides or {})
+    family = str(extra.get("model", layers["model"]))
+    _, config_class = family_classes(family)
+    return build_config(config_class, layers, extra)
+
+
+def create(
+    preset: str | os.PathLike = "r2d2",
+    *,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    load: bool = True,
+    **overrides: Any,
+) -> Any:
+    """Build a model from a preset, load its weights and move it to ``device``.
+
+    Args:
+        preset: a preset name (see `list`) or a YAML file.
+        weights: a known weights name (see ``delfi weights list``) or a checkpoint path; default:
+            the preset's ``weights``.
+        device: torch device string.
+        load: False builds the network with random weights (tests, training).
+        **overrides: config keys, e.g. ``top_k=2000``.
+    """
+    if weights is not None:
+        overrides["weights"] = str(weights)
+    config = resolve_config(preset, overrides)
+    model_class, _ = family_classes(config.model)
+    model = model_class(config)
+    if load and config.weights:
+        from delfi.models.weights import resolve_weights
+
+        path, _ = resolve_weights(config.weights)
+        model.load_weights(path)
+    return model.to(device)

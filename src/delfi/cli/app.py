@@ -1,0 +1,40 @@
+"""The ``delfi`` command line: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from delfi import __version__
+from delfi.cli import extract as extract_cli
+from delfi.cli import weights as weights_cli
+from delfi.cli.common import configure_logging
+
+app = typer.Typer(
+    name="delfi",
+    help="Learned local and global image features: extract, match, retrieve, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(weights_cli.app, name="weights")
+app.command("extract")(extract_cli.extract)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"delfi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """delfi: learned image features, from pixels to benchmarks."""
+    configure_logging(verbose)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,419 @@
+"""A crash-safe HDF5 store of per-image `Features`.
+
+File layout (``format = "delfi-features"``, ``format_version = 1``): one group per image, keyed by the
+image's name (a posix relative path; ``"sub/a.jpg"`` becomes nested groups) holding the float32
+datasets ``keypoints`` (N, 2), ``scores`` (N,), ``descriptors`` (N, D) (float16 if the store was
+created with ``descriptor_dtype="float16"``) and the optional ``scales`` (N,) and
+``global_descriptor`` (G,); group attrs ``image_size`` (w, h), ``token`` (the journal id it came
+from) and ``complete = True``, written last. File attrs: ``format``, ``format_version``,
+``delfi_version``, ``coordinate_convention``, ``descriptor_dtype`` and the caller's attrs (``model``,
+``weights_sha256``, ``config`` as a JSON string, other str / number / bool values).
+
+Crash safety: the committed ``.h5`` is never modified in place (an HDF5 file whose writer is killed can
+be left unreadable). `FeatureStore.put` writes one ``.npz`` per entry into ``<path>.journal/`` (temp
+name, then an atomic `os.replace`), so a journal file that exists is complete. `FeatureStore.commit`
+copies the ``.h5`` to ``<path>.tmp-<pid>``, adds the journal to the copy, `os.replace`s it onto
+``<path>`` and only then deletes the journal. Killed at any moment, this leaves either the old file
+plus the journal, or the new file plus journal files that are already merged (recognised by their
+token and deleted at the next open for writing). Atomicity is against killed processes, not power
+loss (nothing is fsync'ed). One writer at a time per store; readers may run beside it.
+
+``Features.meta`` is not stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from delfi import __version__
+from delfi.types import COORDINATE_CONVENTION, Features
+
+FORMAT = "delfi-features"
+FORMAT_VERSION = 1
+CHECKED_ATTRS = ("model", "weights_sha256", "config")
+"""Attributes that must agree when resuming a store: other values would mix incompatible features."""
+
+_ARRAYS = ("keypoints", "scores", "descriptors", "scales", "global_descriptor")
+_BUILTIN_ATTRS = ("format", "format_version", "delfi_version", "coordinate_convention", "descriptor_dtype")
+_DTYPES = {"float32": np.float32, "float16": np.float16}
+_LIBVER = ("v108", "latest")
+_ATTRS_JSON = "attrs.json"
+_TMP = ".tmp-"
+
+
+class StoreMismatchError(ValueError):
+    """A store was reopened for writing with attributes that differ from the stored ones."""
+
+
+def _check_name(name: str) -> str:
+    """Return ``name`` if it is a valid entry name (posix relative path), else raise ValueError."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"entry name must be a non-empty str, got {name!r}")
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"entry name must be a relative posix path without '.', '..' or empty parts: {name!r}")
+    if any(p in _ARRAYS for p in parts):
+        raise ValueError(f"entry name {name!r} uses a reserved component ({', '.join(_ARRAYS)})")
+    return name
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` (not this one) still runs; unknown platforms say yes (keep its files)."""
+    if pid == os.getpid():
+        return False
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(filename: str) -> bool:
+    """Whether a temp file named ``...tmp-<pid>[-...]`` belongs to a process that is gone."""
+    try:
+        return not _pid_alive(int(filename.rsplit(_TMP, 1)[1].split("-")[0]))
+    except (IndexError, ValueError):
+        return True
+
+
+def _normalise_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Validate caller attrs; ``config`` is round-tripped through JSON so comparisons are exact."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if not isinstance(key, str) or key in _BUILTIN_ATTRS:
+            raise ValueError(f"attribute name {key!r} is not allowed (reserved: {', '.join(_BUILTIN_ATTRS)})")
+        if key == "config":
+            if not isinstance(value, dict):
+                raise TypeError(f"attribute 'config' must be a dict, got {type(value).__name__}")
+            value = json.loads(json.dumps(value, sort_keys=True))
+        elif isinstance(value, np.generic):
+            value = value.item()
+        elif not isinstance(value, (str, int, float, bool)):
+            raise TypeError(f"attribute {key!r} must be str, int, float or bool, got {type(value).__name__}")
+        out[key] = value
+    return out
+
+
+def _decode_attr(key: str, value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    return json.loads(value) if key == "config" and isinstance(value, str) else value
+
+
+class FeatureStore:
+    """Per-image `Features` in one HDF5 file, written through an atomic journal.
+
+    Args:
+        path: the ``.h5`` file.
+        mode: ``"r"`` read only; ``"a"`` create or resume (with ``attrs`` given, ``model``,
+            ``weights_sha256`` and ``config`` must equal the stored ones, else `StoreMismatchError`);
+            ``"w"`` start afresh (the file and any journal are removed).
+        attrs: file attributes to record (see the module docstring).
+        descriptor_dtype: ``"float32"`` or ``"float16"`` (halves the file); used when the store is
+            created, a resumed store keeps its own. float16 descriptors are read back as float32.
+        commit_every: merge the journal into the file after this many `put` calls (None: only at
+            `close`). Each commit copies the whole file, so small values cost O(entries^2) I/O, while
+            None leaves a journal of one small file per entry until the end (safe either way).
+
+    Entries written but not yet committed are visible to `get`, `names` and readers (journal wins).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        mode: str = "r",
+        *,
+        attrs: dict | None = None,
+        descriptor_dtype: str = "float32",
+        commit_every: int | None = None,
+    ) -> None:
+        if mode not in ("r", "a", "w"):
+            raise ValueError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
+        if descriptor_dtype not in _DTYPES:
+            raise ValueError(f"descriptor_dtype must be one of {sorted(_DTYPES)}, got {descriptor_dtype!r}")
+        if commit_every is not None and (not isinstance(commit_every, int) or commit_every < 1):
+            raise ValueError(f"commit_every must be None or a positive int, got {commit_every!r}")
+        self.path = Path(path)
+        self.mode = mode
+        self.commit_every = commit_every
+        self._journal_dir = Path(f"{self.path}.journal")
+        self._h5: h5py.File | None = None
+        self._journal: dict[str, tuple[Path, str]] = {}  # name -> (npz path, token)
+        self._committed: set[str] = set()
+        self._since_commit = 0
+        self._dirty = False
+        self._closed = False
+        given = _normalise_attrs(attrs or {})
+        if mode == "w":
+            self._remove_everything()
+        elif mode == "a":
+            self._remove_stale_temps()
+        exists = self.path.exists() or (self._journal_dir / _ATTRS_JSON).exists()
+        if mode == "r" and not exists:
+            raise FileNotFoundError(f"feature store {self.path} does not exist")
+        self._attrs = self._load_index() if exists else {}
+        if mode == "r":
+            return
+        if not exists:
+            self._attrs = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "coordinate_convention": COORDINATE_CONVENTION,
+                "descriptor_dtype": descriptor_dtype,
+                **given,
+            }
+        elif attrs is not None:
+            diff = [k for k in CHECKED_ATTRS if self._attrs.get(k) != given.get(k)]
+            if diff:
+                details = "; ".join(f"{k}: stored {self._attrs.get(k)!r}, given {given.get(k)!r}" for k in diff)
+                raise StoreMismatchError(
+                    f"feature store {self.path} was written with other settings ({details}); "
+                    "use another path or mode='w' to start afresh"
+                )
+        merged = {**self._attrs, **given}
+        if merged != self._attrs or not self.path.exists():
+            self._attrs = merged
+            self._dirty = True
+            self._journal_dir.mkdir(parents=True, exist_ok=True)
+            self._atomic_write(self._journal_dir / _ATTRS_JSON, json.dumps(merged).encode())
+
+    # ----------------------------------------------------------------------------------- reading
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The file attributes (a copy), ``config`` decoded to a dict."""
+        return dict(self._attrs)
+
+    def names(self) -> list[str]:
+        """All entry names (committed and journaled), sorted."""
+        return sorted(self._committed.union(self._journal))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._journal or name in self._committed
+
+    def __len__(self) -> int:
+        return len(self._committed.union(self._journal))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str, device: Any = None) -> Features:
+        """The features stored under ``name`` (float32 tensors, on ``device`` if given)."""
+        self._require_open()
+        try:
+            arrays, size = self._read(name)
+        except FileNotFoundError:  # a concurrent writer merged and removed the journal file
+            self._close_h5()
+            self._load_index()
+            arrays, size = self._read(name)
+        if arrays["descriptors"].dtype != np.float32:
+            arrays["descriptors"] = arrays["descriptors"].astype(np.float32)
+        features = Features.from_numpy(arrays, image_size=size)
+        return features.to(device) if device is not None else features
+
+    __getitem__ = get
+
+    def _read(self, name: str) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+        if name in self._journal:
+            with np.load(self._journal[name][0]) as z:
+                return {k: z[k] for k in _ARRAYS if k in z.files}, tuple(z["image_size"].tolist())
+        if name in self._committed:
+            group = self._file()[name]
+            return {k: group[k][()] for k in _ARRAYS if k in group}, tuple(np.asarray(group.attrs["image_size"]).tolist())
+        raise KeyError(f"no entry {name!r} in feature store {self.path}")
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None:
+            self._h5 = h5py.File(self.path, "r")
+        return self._h5
+
+    def _load_index(self) -> dict[str, Any]:
+        """Read the committed names and attrs and the journal; drop (and in write modes delete)
+        journal files already merged. Returns the attrs (file attrs overlaid by the journal's)."""
+        attrs: dict[str, Any] = {}
+        self._committed = set()
+        if self.path.exists():
+            try:
+                f = self._file()
+            except OSError as exc:
+                raise ValueError(f"{self.path} is not a readable HDF5 file: {exc}") from exc
+            if f.attrs.get("format") != FORMAT:
+                raise ValueError(f"{self.path} is not a delfi feature file (format attribute {f.attrs.get('format')!r})")
+            attrs = {k: _decode_attr(k, v) for k, v in f.attrs.items()}
+            if attrs.get("format_version", 0) > FORMAT_VERSION:
+                raise ValueError(f"{self.path} has format_version {attrs['format_version']}, newer than supported")
+            self._walk(f, "")
+        attrs_json = self._journal_dir / _ATTRS_JSON
+        if attrs_json.exists():
+            attrs.update(json.loads(attrs_json.read_text()))
+        self._journal = {}
+        if self._journal_dir.is_dir():
+            for entry in sorted(os.listdir(self._journal_dir)):
+                path = self._journal_dir / entry
+                if not entry.endswith(".npz") or entry.startswith(_TMP):
+                    continue
+                try:
+                    with np.load(path) as z:
+                        name, token = str(z["name"]), str(z["token"])
+                except Exception as exc:  # cannot happen by construction (atomic replace), but be robust
+                    warnings.warn(f"ignoring unreadable journal file {path}: {exc}", stacklevel=2)
+                    continue
+                if name in self._committed and self._file()[name].attrs.get("token") == token:
+                    if self.mode != "r":
+                        path.unlink(missing_ok=True)
+                    continue
+                self._journal[name] = (path, token)
+        return attrs
+
+    def _walk(self, group: h5py.Group, prefix: str) -> None:
+        """Collect complete entries below ``group`` (array names are never groups, so skip them)."""
+        keys = list(group.keys())
+        if prefix and "keypoints" in keys and group.attrs.get("complete", False):
+            self._committed.add(prefix[:-1])
+        for key in keys:
+            if key not in _ARRAYS and isinstance(sub := group[key], h5py.Group):
+                self._walk(sub, f"{prefix}{key}/")
+
+    # ----------------------------------------------------------------------------------- writing
+    def put(self, name: str, features: Features) -> None:
+        """Journal ``features`` under ``name`` (replacing an entry of that name); atomic."""
+        self._require_open()
+        if self.mode == "r":
+            raise PermissionError(f"feature store {self.path} is open read-only")
+        name = _check_name(name)
+        arrays = features.numpy()
+        data = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in _ARRAYS if k in arrays}
+        data["descriptors"] = data["descriptors"].astype(_DTYPES[self._attrs["descriptor_dtype"]], copy=False)
+        token = uuid.uuid4().hex
+        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        path = self._journal_dir / f"{hashlib.sha1(name.encode()).hexdigest()}.npz"
+        tmp = self._journal_dir / f"{_TMP}{os.getpid()}-{token}"
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, name=np.array(name), token=np.array(token),
+                         image_size=np.asarray(features.image_size, dtype=np.int64), **data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._journal[name] = (path, token)
+        self._since_commit += 1
+        if self.commit_every is not None and self._since_commit >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        """Merge the journal into the HDF5 file atomically (no-op when there is nothing to merge)."""
+        self._require_open()
+        if self.mode == "r" or (not self._journal and not self._dirty):
+            return
+        pending = dict(self._journal)
+        self._close_h5()
+        tmp = Path(f"{self.path}{_TMP}{os.getpid()}")
+        try:
+            if self.path.exists():
+                shutil.copyfile(self.path, tmp)
+            with h5py.File(tmp, "r+" if self.path.exists() else "w", libver=_LIBVER) as f:
+                for name, (path, token) in sorted(pending.items()):
+                    self._write_entry(f, name, path, token)
+                for key, value in {**self._attrs, "delfi_version": __version__}.items():
+                    f.attrs[key] = json.dumps(value, sort_keys=True) if key == "config" else value
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._attrs["delfi_version"] = __version__
+        self._committed.update(pending)
+        for name, (path, _) in pending.items():
+            path.unlink(missing_ok=True)
+            del self._journal[name]
+        (self._journal_dir / _ATTRS_JSON).unlink(missing_ok=True)
+        try:
+            self._journal_dir.rmdir()
+        except OSError:
+            pass
+        self._since_commit = 0
+        self._dirty = False
+
+    @staticmethod
+    def _write_entry(f: h5py.File, name: str, path: Path, token: str) -> None:
+        group = f.require_group(name)
+        if group.attrs.get("token") == token:  # merged by a commit whose cleanup was interrupted
+            return
+        group.attrs.pop("complete", None)
+        for key in _ARRAYS:
+            if key in group:
+                del group[key]
+        with np.load(path) as z:
+            for key in _ARRAYS:
+                if key in z.files:
+                    group.create_dataset(key, data=z[key])
+            group.attrs["image_size"] = z["image_size"]
+        group.attrs["token"] = token
+        group.attrs["complete"] = True
+
+    # ------------------------------------------------------------------------------- housekeeping
+    def close(self) -> None:
+        """Commit (in write modes) and release the file. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.commit()
+        finally:
+            self._close_h5()
+            self._closed = True
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, mode={self.mode!r}, entries={len(self)})"
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"feature store {self.path} is closed")
+
+    def _close_h5(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def _remove_stale_temps(self) -> None:
+        prefix = self.path.name + _TMP
+        if self.path.parent.is_dir():
+            for entry in os.listdir(self.path.parent):
+                if entry.startswith(prefix) and _stale(entry):
+                    (self.path.parent / entry).unlink(missing_ok=True)
+        if self._journal_dir.is_dir():
+            for entry in os.listdir(self._journal_dir):
+                if entry.startswith(_TMP) and _stale(entry):
+                    (self._journal_dir / entry).unlink(missing_ok=True)
+
+    def _remove_everything(self) -> None:
+        self._remove_stale_temps()
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self._journal_dir, ignore_errors=True)
+
+    @staticmethod
+    def _atomic_write(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f"{_TMP}{os.getpid()}-{uuid.uuid4().hex}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,217 @@
+"""R2D2 (Revaud et al., NeurIPS 2019): multi-scale extraction exactly as the official ``extract.py``.
+
+Per pyramid level: keep pixels whose repeatability is a 3x3 local maximum with reliability and
+repeatability both >= 0.7; score = reliability * repeatability; scale = 32 / s; no cross-scale NMS;
+the global top-k by score is kept. Keypoints are returned in delfi's pixel-centre convention
+(``keypoint_mapping="official"`` reproduces the official ``x * W / w`` formula instead).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from delfi.extract.detect import top_k_indices
+from delfi.extract.pyramid import iterate_levels, level_factors, r2d2_levels
+from delfi.models.checkpoints import CheckpointError, load_r2d2_checkpoint
+from delfi.models.l2net import R2D2Net
+from delfi.models.l2net_inference import L2NetInference
+from delfi.types import Features, rescale_keypoints
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Arch(str, Enum):
+    quad_l2net = "quad_l2net"
+    fast_quad_l2net = "fast_quad_l2net"
+
+
+class PyramidResize(str, Enum):
+    chained = "chained"  # each level from the previous one (official)
+    from_original = "from_original"
+
+
+class KeypointMapping(str, Enum):
+    pixel_centre = "pixel_centre"  # (x + 0.5) * W / w - 0.5: delfi's convention
+    official = "official"  # x * W / w: the official R2D2 formula
+
+
+class Precision(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+@dataclass
+class R2D2Config:
+    """Settings of an R2D2 extractor (defaults: the paper's, official ``extract.py``)."""
+
+    model: str = "r2d2"
+    weights: Optional[str] = None  # a known weights name or a checkpoint path
+    arch: Arch = Arch.quad_l2net
+    mchan: int = 4
+    dim: int = 128
+    top_k: int = 5000  # <= 0 keeps all
+    scale_f: float = 2**0.25
+    min_size: int = 256
+    max_size: int = 1024
+    min_scale: float = 0.0
+    max_scale: float = 1.0
+    reliability_threshold: float = 0.7
+    repeatability_threshold: float = 0.7
+    pyramid_resize: PyramidResize = PyramidResize.chained
+    keypoint_mapping: KeypointMapping = KeypointMapping.pixel_centre
+    precision: Precision = Precision.float32
+    fuse_batchnorm: bool = True
+    channels_last: bool = True
+    tile_pixels: int = 262144  # strip budget for the convolution body; 0 = whole levels
+
+    def validate(self) -> None:
+        from delfi.config import ConfigError
+
+        if self.model != "r2d2":
+            raise ConfigError(f"model: expected 'r2d2', got {self.model!r}")
+        if self.scale_f <= 1:
+            raise ConfigError(f"scale_f: must be > 1, got {self.scale_f}")
+        if not 0 <= self.min_scale <= self.max_scale <= 1:
+            raise ConfigError(f"min_scale/max_scale: need 0 <= min_scale <= max_scale <= 1, got {self.min_scale}, {self.max_scale}")
+        if self.min_size < 0 or self.max_size <= 0:
+            raise ConfigError(f"min_size/max_size: must be >= 0 / > 0, got {self.min_size}, {self.max_size}")
+        if self.tile_pixels < 0:
+            raise ConfigError(f"tile_pixels: must be >= 0, got {self.tile_pixels}")
+
+
+def image_to_tensor(image: Any) -> Tensor:
+    """Accept a path, PIL image, HxWx3 uint8/float array or (3, H, W) float tensor in [0, 1]."""
+    if isinstance(image, (str, os.PathLike)):
+        from delfi.io.images import read_image
+
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        from delfi.io.images import pil_to_rgb_float
+
+        return pil_to_rgb_float(image)
+    if isinstance(image, np.ndarray):
+        array = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
+        return image.float()
+    raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+class R2D2(nn.Module):
+    """An R2D2 extractor: network + the official multi-scale detection.
+
+    >>> model = R2D2(R2D2Config(weights="r2d2_WASF_N16.pt"))   # doctest: +SKIP
+    >>> features = model.extract("image.jpg")                  # doctest: +SKIP
+    """
+
+    family = "r2d2"
+    input_mean = IMAGENET_MEAN
+    input_std = IMAGENET_STD
+
+    def __init__(self, config: R2D2Config | None = None) -> None:
+        super().__init__()
+        self.config = config or R2D2Config()
+        c = self.config
+        self.net = R2D2Net(Arch(c.arch).value, c.mchan, c.dim)
+        self.weights_sha256: str | None = None
+        self.weights_path: Path | None = None
+        self.register_buffer("mean", torch.tensor(self.input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.input_std).view(1, 3, 1, 1), persistent=False)
+        self._runner: L2NetInference | None = None
+        self.eval()
+
+    def load_weights(self, path: str | os.PathLike) -> "R2D2":
+        """Load an official (or delfi-saved) R2D2 checkpoint; the architecture must match."""
+        from delfi.models.weights import sha256_file
+
+        args, state_dict = load_r2d2_checkpoint(path)
+        c = self.config
+        wanted = {"arch": Arch(c.arch).value, "mchan": c.mchan, "dim": c.dim}
+        found = {**{"mchan": 4, "dim": 128}, **args}
+        if found != wanted:
+            raise CheckpointError(f"{path}: checkpoint network {found} does not match the config {wanted}")
+        missing, unexpected = self.net.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: state dict mismatch (missing {missing}, unexpected {unexpected})")
+        self.weights_path, self.weights_sha256 = Path(path), sha256_file(path)
+        self._runner = None
+        return self
+
+    def _apply(self, fn, recurse=True):  # device / dtype moves invalidate the fused runner
+        self._runner = None
+        return super()._apply(fn, recurse)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def runner(self) -> L2NetInference:
+        if self._runner is None:
+            c = self.config
+            self._runner = L2NetInference(
+                self.net,
+                fuse_batchnorm=c.fuse_batchnorm,
+                channels_last=c.channels_last,
+                precision=Precision(c.precision).value,
+                tile_pixels=c.tile_pixels,
+            )
+        return self._runner
+
+    def normalise(self, image: Tensor) -> Tensor:
+        """(3, H, W) RGB in [0, 1] -> (1, 3, H, W) ImageNet-normalised."""
+        return ((image.to(self.device)[None] - self.mean) / self.std).float()
+
+    @torch.inference_mode()
+    def extract(self, image: Any) -> Features:
+        """Multi-scale R2D2 features of one image (path, PIL image, array or (3, H, W) tensor).
+
+        Returns:
+            `Features` sorted by decreasing score: keypoints (N, 2) in original pixels, scores
+            (N,) = reliability * repeatability, descriptors (N, dim), scales (N,) = 32 / s.
+        """
+        c = self.config
+        rgb = image_to_tensor(image)
+        height, width = rgb.shape[-2:]
+        levels = r2d2_levels(
+            width, height, scale_f=c.scale_f, min_scale=c.min_scale, max_scale=c.max_scale,
+            min_size=c.min_size, max_size=c.max_size,
+        )  # fmt: skip
+        runner = self.runner()
+        keypoints, scores, descriptors, scales = [], [], [], []
+        for level, level_image in iterate_levels(self.normalise(rgb), levels, PyramidResize(c.pyramid_resize).value):
+            found = runner.detect(level_image, c.reliability_threshold, c.repeatability_threshold)
+            xy = torch.stack([found.x, found.y], dim=1).float()
+            factors = level_factors((width, height), level.size)
+            if KeypointMapping(c.keypoint_mapping) is KeypointMapping.official:
+                xy = xy * torch.tensor(factors, device=xy.device)
+            else:
+                xy = rescale_keypoints(xy, factors)
+            keypoints.append(xy)
+            scores.append(found.reliability * found.repeatability)
+            descriptors.append(found.descriptors)
+            scales.append(torch.full((len(xy),), 32 / level.scale, device=xy.device))
+        if not keypoints:  # image smaller than min_size: no level processed
+            empty = torch.zeros(0, device=self.device)
+            return Features(empty.view(0, 2), empty, empty.view(0, c.dim), empty, None, (width, height))
+        features = Features(
+            keypoints=torch.cat(keypoints),
+            scores=torch.cat(scores),
+            descriptors=torch.cat(descriptors),
+            scales=torch.cat(scales),
+            image_size=(width, height),
+        )
+        return features.select(top_k_indices(features.scores, c.top_k))
