@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -47,7 +48,7 @@ def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
     path = preset_path(name_or_path)
     try:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:  # malformed YAML is a yaml error, not OmegaConf's
         raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
     if not isinstance(data, dict) or "model" not in data:
         raise ConfigError(f"{path}: a preset must be a mapping with a 'model' key")
@@ -67,8 +68,9 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"invalid override: {_describe(exc)}") from exc
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:  # e.g. top_k=[1, (unclosed YAML)
+        message = _describe(exc) if isinstance(exc, OmegaConfBaseException) else str(exc).splitlines()[0]
+        raise ConfigError(f"invalid override: {message} in {list(overrides)}") from exc
 
 
 def build_config(schema: type, *layers: Mapping[str, Any] | None) -> Any:

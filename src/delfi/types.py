@@ -32,9 +32,13 @@ def rescale_keypoints(keypoints: Tensor | np.ndarray, scale: Any) -> Tensor | np
         (N, 2) keypoints in the target image's pixels, same type as the input.
     """
     if isinstance(keypoints, Tensor):
+        if not keypoints.is_floating_point():  # integer pixel indices: a float scale must not be truncated
+            keypoints = keypoints.float()
         s = torch.as_tensor(scale, dtype=keypoints.dtype, device=keypoints.device)
         return (keypoints + 0.5) * s - 0.5
     kp = np.asarray(keypoints)
+    if not np.issubdtype(kp.dtype, np.floating):
+        kp = kp.astype(np.float64)
     return (kp + 0.5) * np.asarray(scale, dtype=kp.dtype) - 0.5
 
 

@@ -6,6 +6,7 @@ import typer
 
 from delfi import __version__
 from delfi.cli import extract as extract_cli
+from delfi.cli import presets as presets_cli
 from delfi.cli import weights as weights_cli
 from delfi.cli.common import configure_logging
 
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(weights_cli.app, name="weights")
 app.command("extract")(extract_cli.extract)
+app.command("presets")(presets_cli.presets)
 
 
 def _version(value: bool) -> None:

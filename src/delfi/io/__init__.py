@@ -1,0 +1,25 @@
+"""Reading and writing: images, feature stores, official npz files."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "FeatureStore": "delfi.io.features",
+    "StoreMismatchError": "delfi.io.features",
+    "read_image": "delfi.io.images",
+    "collect_images": "delfi.io.images",
+    "ImageError": "delfi.io.images",
+    "ImageEntry": "delfi.io.images",
+    "read_r2d2_npz": "delfi.io.npz",
+    "write_r2d2_npz": "delfi.io.npz",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'delfi.io' has no attribute {name!r}")
+    return getattr(import_module(_LAZY[name]), name)

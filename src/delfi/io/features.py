@@ -57,37 +57,30 @@ class StoreMismatchError(ValueError):
 
 def _check_name(name: str) -> str:
     """Return ``name`` if it is a valid entry name (posix relative path), else raise ValueError."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"entry name must be a non-empty str, got {name!r}")
-    parts = name.split("/")
-    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"entry name must be a relative posix path without '.', '..' or empty parts: {name!r}")
-    if any(p in _ARRAYS for p in parts):
-        raise ValueError(f"entry name {name!r} uses a reserved component ({', '.join(_ARRAYS)})")
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if any(p in ("", ".", "..", *_ARRAYS) for p in parts):
+        raise ValueError(
+            f"entry name must be a non-empty relative posix path without empty, '.' or '..' parts "
+            f"or the reserved components {_ARRAYS}: {name!r}"
+        )
     return name
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` (not this one) still runs; unknown platforms say yes (keep its files)."""
-    if pid == os.getpid():
-        return False
-    if os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stale(filename: str) -> bool:
-    """Whether a temp file named ``...tmp-<pid>[-...]`` belongs to a process that is gone."""
+    """Whether a temp file ``...tmp-<pid>[-...]`` belongs to a process that is gone (or to this one:
+    then it is left from an earlier process with the same pid). Off posix, keep them all."""
     try:
-        return not _pid_alive(int(filename.rsplit(_TMP, 1)[1].split("-")[0]))
-    except (IndexError, ValueError):
+        pid = int(filename.rsplit(_TMP, 1)[1].split("-")[0])
+        if pid == os.getpid():
+            return True
+        if os.name != "posix":
+            return False
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except (IndexError, ValueError, ProcessLookupError):
         return True
+    except PermissionError:  # it exists, run by another user
+        pass
+    return False
 
 
 def _normalise_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -109,10 +102,7 @@ def _normalise_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode_attr(key: str, value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, np.generic):
-        value = value.item()
+    value = value.decode() if isinstance(value, bytes) else value.item() if isinstance(value, np.generic) else value
     return json.loads(value) if key == "config" and isinstance(value, str) else value
 
 
@@ -160,16 +150,23 @@ class FeatureStore:
         self._dirty = False
         self._closed = False
         given = _normalise_attrs(attrs or {})
-        if mode == "w":
-            self._remove_everything()
-        elif mode == "a":
+        if mode != "r":
             self._remove_stale_temps()
+        if mode == "w":
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(self._journal_dir, ignore_errors=True)
         exists = self.path.exists() or (self._journal_dir / _ATTRS_JSON).exists()
         if mode == "r" and not exists:
             raise FileNotFoundError(f"feature store {self.path} does not exist")
-        self._attrs = self._load_index() if exists else {}
-        if mode == "r":
-            return
+        try:
+            self._attrs = self._load_index() if exists else {}
+            if mode != "r":
+                self._init_writing(exists, attrs is not None, given, descriptor_dtype)
+        except BaseException:
+            self._close_h5()
+            raise
+
+    def _init_writing(self, exists: bool, check: bool, given: dict[str, Any], descriptor_dtype: str) -> None:
         if not exists:
             self._attrs = {
                 "format": FORMAT,
@@ -178,7 +175,7 @@ class FeatureStore:
                 "descriptor_dtype": descriptor_dtype,
                 **given,
             }
-        elif attrs is not None:
+        elif check:
             diff = [k for k in CHECKED_ATTRS if self._attrs.get(k) != given.get(k)]
             if diff:
                 details = "; ".join(f"{k}: stored {self._attrs.get(k)!r}, given {given.get(k)!r}" for k in diff)
@@ -298,7 +295,7 @@ class FeatureStore:
         name = _check_name(name)
         arrays = features.numpy()
         data = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in _ARRAYS if k in arrays}
-        data["descriptors"] = data["descriptors"].astype(_DTYPES[self._attrs["descriptor_dtype"]], copy=False)
+        data["descriptors"] = data["descriptors"].astype(_DTYPES[self._attrs.get("descriptor_dtype", "float32")], copy=False)
         token = uuid.uuid4().hex
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         path = self._journal_dir / f"{hashlib.sha1(name.encode()).hexdigest()}.npz"
@@ -403,11 +400,6 @@ class FeatureStore:
             for entry in os.listdir(self._journal_dir):
                 if entry.startswith(_TMP) and _stale(entry):
                     (self._journal_dir / entry).unlink(missing_ok=True)
-
-    def _remove_everything(self) -> None:
-        self._remove_stale_temps()
-        self.path.unlink(missing_ok=True)
-        shutil.rmtree(self._journal_dir, ignore_errors=True)
 
     @staticmethod
     def _atomic_write(path: Path, data: bytes) -> None:

@@ -65,9 +65,16 @@ def parse_r2d2_net_string(net: str, source: str = "checkpoint") -> dict[str, Any
         raise CheckpointError(f"{source}: unknown R2D2 architecture {node.func.id!r} (known: {known})")
     args: dict[str, Any] = {"arch": R2D2_CONSTRUCTORS[node.func.id]}
     for keyword in node.keywords:
-        if keyword.arg not in R2D2_KWARGS or not isinstance(keyword.value, ast.Constant):
+        value = getattr(keyword.value, "value", None)
+        if (
+            keyword.arg not in R2D2_KWARGS
+            or keyword.arg in args  # a repeated keyword is a SyntaxError for the official eval()
+            or not isinstance(keyword.value, ast.Constant)
+            or type(value) is not int  # channel counts: integers (not bools, strings, floats)
+            or value <= 0
+        ):
             raise CheckpointError(f"{source}: unsupported argument in {net!r}")
-        args[keyword.arg] = keyword.value.value
+        args[keyword.arg] = value
     return args
 
 

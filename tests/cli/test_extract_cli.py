@@ -1,0 +1,157 @@
+"""`delfi extract` end to end in tmp_path: folders, bad images, resume, npz export, crash safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import delfi
+from delfi.cli.app import app
+from delfi.io.features import FeatureStore
+from delfi.io.npz import read_r2d2_npz
+from delfi.models.l2net import R2D2Net
+
+# Low thresholds so that a random-weight network still yields keypoints.
+LOW = ["reliability_threshold=0.0", "repeatability_threshold=0.0", "top_k=300", "min_size=32", "tile_pixels=0"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random R2D2 network saved in the official checkpoint format (with 'module.' prefixes)."""
+    torch.manual_seed(0)
+    net = R2D2Net()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("ckpt") / "random_r2d2.pt"
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"net": "Quad_L2Net_ConfCFS()", "state_dict": state}, path)
+    return path
+
+
+def make_images(folder: Path, count: int, size=(96, 72)) -> list[Path]:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_folder_with_a_bad_image_resume_and_npz(tmp_path, checkpoint):
+    images = tmp_path / "photos"
+    make_images(images / "sub", 2)
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    out = tmp_path / "feats.h5"
+
+    first = invoke("extract", images, "--weights", checkpoint, "--out", out, "--export-npz", *LOW)
+    assert first.exit_code == 1, first.output  # one failed item
+    assert "broken.jpg" in first.output and "not an image" in first.output
+    assert "2 extracted" in first.output
+
+    with FeatureStore(out) as store:
+        assert store.names() == ["sub/img00.png", "sub/img01.png"]
+        assert store.attrs["model"] == "r2d2"
+        assert store.attrs["weights_sha256"] == delfi.models.weights.sha256_file(checkpoint)
+        assert store.attrs["config"]["top_k"] == 300
+        features = store.get("sub/img00.png")
+    assert len(features) == 300 and features.image_size == (96, 72)
+    exported = read_r2d2_npz(images / "sub" / "img00.png.r2d2")
+    assert torch.equal(exported.keypoints, features.keypoints)
+    assert torch.allclose(exported.descriptors, features.descriptors)
+
+    second = invoke("extract", images, "--weights", checkpoint, "--out", out, "--export-npz", *LOW)
+    assert second.exit_code == 1
+    assert "0 extracted, 2 already done, 1 failed" in second.output
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, checkpoint):
+    images = tmp_path / "photos"
+    make_images(images, 1)
+    out = tmp_path / "feats.h5"
+    assert invoke("extract", images, "--weights", checkpoint, "--out", out, *LOW).exit_code == 0
+    other = invoke("extract", images, "--weights", checkpoint, "--out", out, *LOW, "top_k=100")
+    assert other.exit_code == 2
+    assert "feats.h5" in other.output and "config" in other.output
+    fresh = invoke("extract", images, "--weights", checkpoint, "--out", out, *LOW, "top_k=100", "--overwrite")
+    assert fresh.exit_code == 0
+    with FeatureStore(out) as store:
+        assert len(store.get("img00.png")) == 100
+
+
+def test_usage_errors_exit_2(tmp_path, checkpoint):
+    images = tmp_path / "photos"
+    make_images(images, 1)
+    unknown_key = invoke("extract", images, "--weights", checkpoint, "no_such_key=1")
+    assert unknown_key.exit_code == 2 and "no_such_key" in unknown_key.output
+    bad_enum = invoke("extract", images, "--weights", checkpoint, "precision=float64")
+    assert bad_enum.exit_code == 2 and "bfloat16" in bad_enum.output
+    missing = invoke("extract", images, "--weights", "r2d2-wasf-n16")
+    assert missing.exit_code == 2
+    assert "r2d2_WASF_N16.pt" in missing.output and "delfi weights download" in missing.output
+    no_input = invoke("extract", tmp_path / "nowhere", "--weights", checkpoint)
+    assert no_input.exit_code == 2 and "nowhere" in no_input.output
+
+
+def test_text_list_input_and_python_api(tmp_path, checkpoint):
+    paths = make_images(tmp_path / "imgs", 2)
+    listing = tmp_path / "list.txt"
+    listing.write_text("# two images\nimgs/img00.png\n\nimgs/img01.png\n")
+    out = tmp_path / "f.h5"
+    assert invoke("extract", listing, "--weights", checkpoint, "--out", out, *LOW).exit_code == 0
+    model = delfi.models.create("r2d2", weights=checkpoint, **dict(o.split("=") for o in LOW))
+    direct = model.extract(paths[1])
+    with delfi.io.FeatureStore(out) as store:
+        stored = store["imgs/img01.png"]
+    assert torch.equal(stored.keypoints, direct.keypoints)
+    assert torch.allclose(stored.descriptors, direct.descriptors)
+
+
+@pytest.mark.slow
+def test_killed_run_loses_nothing(tmp_path, checkpoint):
+    """SIGKILL `delfi extract` mid-run, run it again: every entry complete and equal to a clean run."""
+    images = tmp_path / "photos"
+    make_images(images, 12, size=(256, 192))
+    out = tmp_path / "killed.h5"
+    command = [sys.executable, "-m", "delfi.cli", "extract", str(images), "--weights", str(checkpoint), "--out", str(out), *LOW]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = Path(f"{out}.journal")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(journal.glob("*.npz"))) < 3:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    survived = len(list(journal.glob("*.npz")))
+    assert 3 <= survived < 12, "the run should have been killed part-way"
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{12 - survived} extracted, {survived} already done, 0 failed" in rerun.stdout
+
+    clean = tmp_path / "clean.h5"  # same process set-up (threads) as the killed run, so bit-identical
+    clean_command = [*command[: command.index("--out") + 1], str(clean), *LOW]
+    assert subprocess.run(clean_command, env=env, capture_output=True).returncode == 0
+    with FeatureStore(out) as killed_store, FeatureStore(clean) as clean_store:
+        assert killed_store.names() == clean_store.names() == [f"img{i:02d}.png" for i in range(12)]
+        for name in clean_store.names():
+            a, b = killed_store[name], clean_store[name]
+            assert torch.equal(a.keypoints, b.keypoints)
+            assert torch.allclose(a.descriptors, b.descriptors)
