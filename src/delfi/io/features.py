@@ -23,6 +23,7 @@ loss (nothing is fsync'ed). One writer at a time per store; readers may run besi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -102,7 +103,8 @@ def _normalise_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode_attr(key: str, value: Any) -> Any:
-    value = value.decode() if isinstance(value, bytes) else value.item() if isinstance(value, np.generic) else value
+    value = value.item() if isinstance(value, np.generic) else value
+    value = value.decode() if isinstance(value, bytes) else value
     return json.loads(value) if key == "config" and isinstance(value, str) else value
 
 
@@ -117,22 +119,16 @@ class FeatureStore:
         attrs: file attributes to record (see the module docstring).
         descriptor_dtype: ``"float32"`` or ``"float16"`` (halves the file); used when the store is
             created, a resumed store keeps its own. float16 descriptors are read back as float32.
-        commit_every: merge the journal into the file after this many `put` calls (None: only at
-            `close`). Each commit copies the whole file, so small values cost O(entries^2) I/O, while
-            None leaves a journal of one small file per entry until the end (safe either way).
+        commit_every: merge the journal into the file once this many entries are pending (None: only
+            at `close`). Each commit copies the whole file, so small values cost O(entries^2) I/O;
+            None keeps one journal file per entry until the end. Both are equally crash-safe.
 
-    Entries written but not yet committed are visible to `get`, `names` and readers (journal wins).
+    Journaled entries are visible to `get` and `names` before the commit, and to readers (the journal
+    wins over the file). A reader's list of names is a snapshot taken when it opens.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        mode: str = "r",
-        *,
-        attrs: dict | None = None,
-        descriptor_dtype: str = "float32",
-        commit_every: int | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike, mode: str = "r", *, attrs: dict | None = None,
+                 descriptor_dtype: str = "float32", commit_every: int | None = None) -> None:
         if mode not in ("r", "a", "w"):
             raise ValueError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
         if descriptor_dtype not in _DTYPES:
@@ -146,9 +142,7 @@ class FeatureStore:
         self._h5: h5py.File | None = None
         self._journal: dict[str, tuple[Path, str]] = {}  # name -> (npz path, token)
         self._committed: set[str] = set()
-        self._since_commit = 0
-        self._dirty = False
-        self._closed = False
+        self._since_commit, self._dirty, self._closed = 0, False, False
         given = _normalise_attrs(attrs or {})
         if mode != "r":
             self._remove_stale_temps()
@@ -162,23 +156,20 @@ class FeatureStore:
             self._attrs = self._load_index() if exists else {}
             if mode != "r":
                 self._init_writing(exists, attrs is not None, given, descriptor_dtype)
+                self._since_commit = len(self._journal)  # a killed run's entries count as pending
         except BaseException:
             self._close_h5()
             raise
 
     def _init_writing(self, exists: bool, check: bool, given: dict[str, Any], descriptor_dtype: str) -> None:
         if not exists:
-            self._attrs = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "coordinate_convention": COORDINATE_CONVENTION,
-                "descriptor_dtype": descriptor_dtype,
-                **given,
-            }
+            self._attrs = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                           "coordinate_convention": COORDINATE_CONVENTION, "descriptor_dtype": descriptor_dtype}
         elif check:
             diff = [k for k in CHECKED_ATTRS if self._attrs.get(k) != given.get(k)]
             if diff:
-                details = "; ".join(f"{k}: stored {self._attrs.get(k)!r}, given {given.get(k)!r}" for k in diff)
+                details = "; ".join(f"{k}: stored {self._attrs.get(k)!r}, given {given.get(k)!r}"
+                                    for k in diff)
                 raise StoreMismatchError(
                     f"feature store {self.path} was written with other settings ({details}); "
                     "use another path or mode='w' to start afresh"
@@ -188,9 +179,10 @@ class FeatureStore:
             self._attrs = merged
             self._dirty = True
             self._journal_dir.mkdir(parents=True, exist_ok=True)
-            self._atomic_write(self._journal_dir / _ATTRS_JSON, json.dumps(merged).encode())
+            tmp = self._journal_dir / f"{_TMP}{os.getpid()}-{uuid.uuid4().hex}"
+            tmp.write_text(json.dumps(merged))
+            os.replace(tmp, self._journal_dir / _ATTRS_JSON)
 
-    # ----------------------------------------------------------------------------------- reading
     @property
     def attrs(self) -> dict[str, Any]:
         """The file attributes (a copy), ``config`` decoded to a dict."""
@@ -231,7 +223,8 @@ class FeatureStore:
                 return {k: z[k] for k in _ARRAYS if k in z.files}, tuple(z["image_size"].tolist())
         if name in self._committed:
             group = self._file()[name]
-            return {k: group[k][()] for k in _ARRAYS if k in group}, tuple(np.asarray(group.attrs["image_size"]).tolist())
+            size = tuple(np.asarray(group.attrs["image_size"]).tolist())
+            return {k: group[k][()] for k in _ARRAYS if k in group}, size
         raise KeyError(f"no entry {name!r} in feature store {self.path}")
 
     def _file(self) -> h5py.File:
@@ -249,11 +242,11 @@ class FeatureStore:
                 f = self._file()
             except OSError as exc:
                 raise ValueError(f"{self.path} is not a readable HDF5 file: {exc}") from exc
-            if f.attrs.get("format") != FORMAT:
-                raise ValueError(f"{self.path} is not a delfi feature file (format attribute {f.attrs.get('format')!r})")
             attrs = {k: _decode_attr(k, v) for k, v in f.attrs.items()}
+            if attrs.get("format") != FORMAT:
+                raise ValueError(f"{self.path} is not a delfi feature file (format {attrs.get('format')!r})")
             if attrs.get("format_version", 0) > FORMAT_VERSION:
-                raise ValueError(f"{self.path} has format_version {attrs['format_version']}, newer than supported")
+                raise ValueError(f"{self.path}: format_version {attrs['format_version']} > {FORMAT_VERSION}")
             self._walk(f, "")
         attrs_json = self._journal_dir / _ATTRS_JSON
         if attrs_json.exists():
@@ -286,7 +279,6 @@ class FeatureStore:
             if key not in _ARRAYS and isinstance(sub := group[key], h5py.Group):
                 self._walk(sub, f"{prefix}{key}/")
 
-    # ----------------------------------------------------------------------------------- writing
     def put(self, name: str, features: Features) -> None:
         """Journal ``features`` under ``name`` (replacing an entry of that name); atomic."""
         self._require_open()
@@ -295,15 +287,16 @@ class FeatureStore:
         name = _check_name(name)
         arrays = features.numpy()
         data = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in _ARRAYS if k in arrays}
-        data["descriptors"] = data["descriptors"].astype(_DTYPES[self._attrs.get("descriptor_dtype", "float32")], copy=False)
+        dtype = _DTYPES[self._attrs.get("descriptor_dtype", "float32")]
+        data["descriptors"] = data["descriptors"].astype(dtype, copy=False)
         token = uuid.uuid4().hex
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         path = self._journal_dir / f"{hashlib.sha1(name.encode()).hexdigest()}.npz"
         tmp = self._journal_dir / f"{_TMP}{os.getpid()}-{token}"
         try:
             with open(tmp, "wb") as fh:
-                np.savez(fh, name=np.array(name), token=np.array(token),
-                         image_size=np.asarray(features.image_size, dtype=np.int64), **data)
+                size = np.asarray(features.image_size, dtype=np.int64)
+                np.savez(fh, name=np.array(name), token=np.array(token), image_size=size, **data)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -337,10 +330,8 @@ class FeatureStore:
             path.unlink(missing_ok=True)
             del self._journal[name]
         (self._journal_dir / _ATTRS_JSON).unlink(missing_ok=True)
-        try:
-            self._journal_dir.rmdir()
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            self._journal_dir.rmdir()  # unless something else lies there
         self._since_commit = 0
         self._dirty = False
 
@@ -361,7 +352,6 @@ class FeatureStore:
         group.attrs["token"] = token
         group.attrs["complete"] = True
 
-    # ------------------------------------------------------------------------------- housekeeping
     def close(self) -> None:
         """Commit (in write modes) and release the file. Idempotent."""
         if self._closed:
@@ -391,21 +381,7 @@ class FeatureStore:
             self._h5 = None
 
     def _remove_stale_temps(self) -> None:
-        prefix = self.path.name + _TMP
-        if self.path.parent.is_dir():
-            for entry in os.listdir(self.path.parent):
+        for folder, prefix in ((self.path.parent, self.path.name + _TMP), (self._journal_dir, _TMP)):
+            for entry in os.listdir(folder) if folder.is_dir() else []:
                 if entry.startswith(prefix) and _stale(entry):
-                    (self.path.parent / entry).unlink(missing_ok=True)
-        if self._journal_dir.is_dir():
-            for entry in os.listdir(self._journal_dir):
-                if entry.startswith(_TMP) and _stale(entry):
-                    (self._journal_dir / entry).unlink(missing_ok=True)
-
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        tmp = path.with_name(f"{_TMP}{os.getpid()}-{uuid.uuid4().hex}")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+                    (folder / entry).unlink(missing_ok=True)

@@ -88,5 +88,8 @@ def load_r2d2_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not an R2D2 checkpoint (no 'state_dict')")
+    state_dict = checkpoint["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+        raise CheckpointError(f"{path}: 'state_dict' is not a mapping of parameter names to tensors")
     net = checkpoint.get("net", "Quad_L2Net_ConfCFS()")
-    return parse_r2d2_net_string(str(net), source=str(path)), strip_prefix(checkpoint["state_dict"])
+    return parse_r2d2_net_string(str(net), source=str(path)), strip_prefix(state_dict)
