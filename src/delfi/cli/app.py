@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from delfi import __version__
+from delfi.cli import demo as demo_cli
 from delfi.cli import extract as extract_cli
 from delfi.cli import presets as presets_cli
 from delfi.cli import weights as weights_cli
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.add_typer(weights_cli.app, name="weights")
 app.command("extract")(extract_cli.extract)
 app.command("presets")(presets_cli.presets)
+app.command("demo")(demo_cli.demo)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks and metrics: HPatches (MMA, homography accuracy)."""

@@ -138,9 +138,10 @@ class L2NetInference:
             `LevelDetections` in row-major order of (y, x).
         """
         height, width = image.shape[-2:]
-        rows = height if self.tile_pixels <= 0 else max(8, self.tile_pixels // max(width, 1))
-        if rows >= height:
+        strips = 1 if self.tile_pixels <= 0 else -(-height * width // self.tile_pixels)
+        if strips <= 1:
             return self._strip(image, 0, 0, height, reliability_threshold, repeatability_threshold)
+        rows = -(-height // strips)  # balanced strips: the halo overhead is the same for each
         parts = []
         for r0 in range(0, height, rows):
             r1 = min(height, r0 + rows)
