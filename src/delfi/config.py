@@ -109,8 +109,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def dump_config(config: Any, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML next to an output."""
-    OmegaConf.save(OmegaConf.create(config_to_dict(config)), Path(path))
+    """Write the resolved config (a config dataclass or a plain dict) as YAML next to an output."""
+    data = dict(config) if isinstance(config, Mapping) else config_to_dict(config)
+    OmegaConf.save(OmegaConf.create(data), Path(path))
 
 
 def as_config(value: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,7 @@ def test_folder_with_a_bad_image_resume_and_npz(tmp_path, checkpoint):
         assert store.attrs["config"]["top_k"] == 300
         features = store.get("sub/img00.png")
     assert len(features) == 300 and features.image_size == (96, 72)
+    assert "top_k: 300" in (tmp_path / "feats.h5.config.yaml").read_text()
     exported = read_r2d2_npz(images / "sub" / "img00.png.r2d2")
     assert torch.equal(exported.keypoints, features.keypoints)
     assert torch.allclose(exported.descriptors, features.descriptors)

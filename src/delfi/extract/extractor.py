@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from delfi.config import dump_config
 from delfi.io.features import FeatureStore
 from delfi.io.images import ImageEntry, ImageError
 from delfi.io.npz import write_r2d2_npz
@@ -35,10 +36,13 @@ class ExtractionReport:
 
 def store_attributes(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     """The file attributes that identify what made a feature store (checked when resuming)."""
+    import torch
+
     return {
         "model": getattr(model, "family", type(model).__name__),
         "weights_sha256": getattr(model, "weights_sha256", None) or "none",
         "config": config,
+        "torch_version": torch.__version__,
     }
 
 
@@ -92,6 +96,7 @@ def extract_to_store(
             if on_image is not None:
                 on_image(entry, status)
     report.seconds = time.perf_counter() - started
+    dump_config(config, Path(f"{out}.config.yaml"))
     return report
 
 
