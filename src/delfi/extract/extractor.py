@@ -42,7 +42,7 @@ def store_attributes(model: Any, config: dict[str, Any]) -> dict[str, Any]:
         "model": getattr(model, "family", type(model).__name__),
         "weights_sha256": getattr(model, "weights_sha256", None) or "none",
         "config": config,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
 
 
