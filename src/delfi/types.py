@@ -8,7 +8,7 @@ top-left pixel is (0, 0). Resizing an image by a factor ``s`` maps a coordinate 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -154,6 +154,7 @@ class Matches:
         inliers: (K,) bool after geometric verification, else None.
         model: (3, 3) float64 estimated geometry after verification, else None.
         kind: the model's kind, one of ``GEOMETRY_KINDS``, or None.
+        meta: extras, e.g. ``{"status": "not enough matches", "required": 4}`` from verification.
     """
 
     indices: Tensor
@@ -161,6 +162,7 @@ class Matches:
     inliers: Tensor | None = None
     model: Tensor | None = None
     kind: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -185,13 +187,13 @@ class Matches:
     def num_inliers(self) -> int:
         return int(self.inliers.sum()) if self.inliers is not None else 0
 
+    _ARRAYS = ("indices", "scores", "inliers", "model")
+
     def to(self, device: str | torch.device) -> "Matches":
-        return Matches(
-            *(_to(getattr(self, f.name), device, numpy=False) if f.name != "kind" else self.kind for f in fields(self))
-        )
+        return replace(self, **{name: _to(getattr(self, name), device, numpy=False) for name in self._ARRAYS})
 
     def numpy(self) -> dict[str, Any]:
-        out = {f.name: _to(getattr(self, f.name), None, numpy=True) for f in fields(self) if f.name != "kind"}
+        out = {name: _to(getattr(self, name), None, numpy=True) for name in self._ARRAYS}
         out = {k: v for k, v in out.items() if v is not None}
         if self.kind is not None:
             out["kind"] = self.kind
