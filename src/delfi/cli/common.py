@@ -33,3 +33,89 @@ def configure_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=stderr_console(), show_path=False)],
         force=True,
     )
+
+
+class ProgressBar:
+    """A Rich progress bar with items/s and ETA; `advance(label, status)` after each item."""
+
+    def __init__(self, total: int, description: str, unit: str = "img") -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.unit, self.done = unit, 0
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+        )
+        self.task = self.progress.add_task(description, total=total, rate="")
+
+    def __enter__(self) -> "ProgressBar":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def advance(self, label: str, status: str) -> None:
+        if status == "done":
+            self.done += 1
+        elapsed = self.progress.tasks[0].elapsed or 0.0
+        rate = f"{self.done / elapsed:.2f} {self.unit}/s" if elapsed > 0 and self.done else ""
+        self.progress.update(self.task, advance=1, rate=rate, description=f"{status}: {label[-40:]}")
+
+
+def summary_table(title: str, rows: list[tuple[str, str]]):
+    """A two-column key / value Rich table."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def failures_table(title: str, header: list[str], rows: list[tuple[str, ...]]):
+    """A table of failed items with their reasons (last column in red)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, style="red" if i == len(header) - 1 else None)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def split_overrides(words: list | None) -> tuple[list, list[str]]:
+    """Separate trailing ``key=value`` words from positional arguments."""
+    words = list(words or [])
+    return [w for w in words if "=" not in str(w)], [str(w) for w in words if "=" in str(w)]
+
+
+def load_model(preset: str, weights: str | None, settings: list[str], device: str = "cpu"):
+    """Resolve a preset with overrides and build its model: (model, config); usage errors exit 2."""
+    from delfi.config import ConfigError, config_to_dict
+    from delfi.models import create, resolve_config
+    from delfi.models.checkpoints import CheckpointError
+    from delfi.models.weights import WeightsError
+
+    settings = list(settings) + ([f"weights={weights}"] if weights is not None else [])
+    try:
+        config = resolve_config(preset, settings)
+        return create(preset, device=device, **config_to_dict(config)), config
+    except (WeightsError, CheckpointError, ConfigError) as exc:
+        raise fail(str(exc)) from None

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from delfi.cli.common import EXIT_FAILED, fail
+from delfi.cli.common import EXIT_FAILED, fail, load_model
 
 
 def demo(
@@ -22,20 +22,18 @@ def demo(
     import torch
     from PIL import Image
 
-    from delfi.config import ConfigError
     from delfi.datasets.synthetic import random_homography, textured_image, warp_image
     from delfi.eval.hpatches import pair_errors
     from delfi.io.features import FeatureStore
     from delfi.match import mutual_nn
-    from delfi.models import create
-    from delfi.models.checkpoints import CheckpointError
-    from delfi.models.weights import WeightsError
+    from delfi.models import resolve_config
+    from delfi.models.weights import WeightsError, resolve_weights
 
-    settings = dict(o.split("=", 1) for o in overrides or [])
-    try:
-        model = create(preset, weights=weights, **settings)
-    except (WeightsError, CheckpointError, ConfigError) as exc:
+    try:  # the demo is the first thing a new user runs: say how to get the weights
+        resolve_weights(weights or resolve_config(preset).weights)
+    except WeightsError as exc:
         raise fail(f"{exc}\nThe demo needs weights: `delfi weights download r2d2-wasf-n16` or --weights PATH.", EXIT_FAILED) from None
+    model, _ = load_model(preset, weights, list(overrides or []))
     out.mkdir(parents=True, exist_ok=True)
     first = textured_image(640, 480, seed=1)
     homography = random_homography(640, 480, seed=2)

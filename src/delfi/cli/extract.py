@@ -7,10 +7,18 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from delfi.cli.common import EXIT_FAILED, EXIT_OK, fail, stderr_console
+from delfi.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ProgressBar,
+    fail,
+    failures_table,
+    load_model,
+    split_overrides,
+    stderr_console,
+    summary_table,
+)
 
 
 def extract(
@@ -29,51 +37,21 @@ def extract(
 
     Config overrides may also be given as trailing KEY=VALUE words, e.g. `top_k=2000`.
     """
-    from delfi.config import ConfigError, config_to_dict
+    from delfi.config import config_to_dict
     from delfi.extract.extractor import extract_to_store
     from delfi.io.images import ImageError, collect_images
-    from delfi.models import create, resolve_config
-    from delfi.models.checkpoints import CheckpointError
-    from delfi.models.weights import WeightsError
 
-    paths = [p for p in inputs if "=" not in str(p)]
-    settings = list(overrides or []) + [str(p) for p in inputs if "=" in str(p)]
-    if weights is not None:
-        settings.append(f"weights={weights}")
+    paths, settings = split_overrides(inputs)
     try:
-        config = resolve_config(preset, settings)
         entries = collect_images(paths)
-    except (ConfigError, ImageError) as exc:
+    except ImageError as exc:
         raise fail(str(exc)) from None
     if not entries:
         raise fail("no images found in the given inputs")
-    try:
-        model = create(preset, device=device, **config_to_dict(config))
-    except (WeightsError, CheckpointError, ConfigError) as exc:
-        raise fail(str(exc)) from None
+    model, config = load_model(preset, weights, list(overrides or []) + settings, device)
 
-    console = stderr_console()
-    console.print(f"delfi extract: {len(entries)} images, preset [bold]{preset}[/bold], weights {config.weights} -> {out}")
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("extracting", total=len(entries), rate="")
-        done = {"n": 0}
-
-        def on_image(entry, status):
-            if status == "done":
-                done["n"] += 1
-            elapsed = progress.tasks[0].elapsed or 0.0
-            rate = f"{done['n'] / elapsed:.2f} img/s" if elapsed > 0 and done["n"] else ""
-            progress.update(task, advance=1, rate=rate, description=f"{status}: {entry.name[-40:]}")
-
+    stderr_console().print(f"delfi extract: {len(entries)} images, preset [bold]{preset}[/bold], weights {config.weights} -> {out}")
+    with ProgressBar(len(entries), "extracting") as bar:
         try:
             report = extract_to_store(
                 model,
@@ -84,7 +62,7 @@ def extract(
                 descriptor_dtype="float16" if half_descriptors else "float32",
                 export_npz=export_npz,
                 npz_dir=npz_dir,
-                on_image=on_image,
+                on_image=lambda entry, status: bar.advance(entry.name, status),
             )
         except ValueError as exc:  # e.g. the store was made with other settings
             raise fail(str(exc)) from None
@@ -94,18 +72,10 @@ def extract(
 
 def _print_summary(console: Console, report, out: Path) -> None:
     counts = report.features_per_image
-    table = Table(title=f"delfi extract -> {out}", title_justify="left", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("images", f"{report.total} ({report.extracted} extracted, {report.skipped} already done, {report.failed} failed)")
+    rows = [("images", f"{report.total} ({report.extracted} extracted, {report.skipped} already done, {report.failed} failed)")]
     if counts:
-        table.add_row("features / image", f"mean {sum(counts) / len(counts):.0f}, min {min(counts)}, max {max(counts)}")
-    table.add_row("time", f"{report.seconds:.1f} s ({report.images_per_second:.2f} images/s)")
-    console.print(table)
+        rows.append(("features / image", f"mean {sum(counts) / len(counts):.0f}, min {min(counts)}, max {max(counts)}"))
+    rows.append(("time", f"{report.seconds:.1f} s ({report.images_per_second:.2f} images/s)"))
+    console.print(summary_table(f"delfi extract -> {out}", rows))
     if report.failures:
-        failures = Table(title="failed images", title_justify="left")
-        failures.add_column("image")
-        failures.add_column("reason", style="red")
-        for name, reason in report.failures:
-            failures.add_row(name, reason)
-        console.print(failures)
+        console.print(failures_table("failed images", ["image", "reason"], report.failures))

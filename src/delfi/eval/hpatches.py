@@ -31,10 +31,23 @@ from delfi.datasets.hpatches import PAIR_INDICES, list_sequences, load_homograph
 from delfi.match.nn import mutual_nn
 from delfi.types import Features
 
-__all__ = ["HPatchesResult", "evaluate_sequences", "load_cache", "load_result", "pair_errors", "save_cache"]
+__all__ = [
+    "HOMOGRAPHY_CONVENTIONS",
+    "HPatchesResult",
+    "evaluate_sequences",
+    "load_cache",
+    "load_result",
+    "pair_errors",
+    "pair_homography",
+    "save_cache",
+]
 
 FeatureSource = Union[Callable[[str, int], Features], Mapping[tuple[str, int], Features]]
 SUBSETS = ("overall", "i", "v")
+HOMOGRAPHY_CONVENTIONS = ("raw", "centre")
+"""How ``H_1_k`` is applied to delfi's pixel-centre keypoints: ``"raw"`` as given (the D2-Net notebook,
+comparable with published caches) or ``"centre"`` converted from corner-origin coordinates with
+`delfi.eval.homography.convert_homography`."""
 MAX_CACHE_BYTES = 64 * 1024 * 1024
 
 
@@ -127,6 +140,21 @@ def pair_errors(kp0: Any, kp1: Any, matches: Any, H: Any) -> np.ndarray:
     return np.where(np.isnan(dist), np.inf, dist)
 
 
+def pair_homography(root: str | os.PathLike, seq: str, k: int, convention: str = "raw") -> np.ndarray:
+    """``H_1_k`` of ``seq`` as applied under ``convention`` (see `HOMOGRAPHY_CONVENTIONS`)."""
+    if convention not in HOMOGRAPHY_CONVENTIONS:
+        raise ValueError(f"homography convention must be one of {HOMOGRAPHY_CONVENTIONS}, got {convention!r}")
+    H = load_homography(root, seq, k)
+    if convention == "centre":
+        from delfi.eval.homography import convert_homography
+
+        H = convert_homography(H, "corner", "centre")
+    return H
+
+
+PairCallback = Callable[[str, int, Features, Features, Any, np.ndarray], None]
+
+
 def evaluate_sequences(
     features_by_image: FeatureSource,
     root: str | os.PathLike,
@@ -135,6 +163,8 @@ def evaluate_sequences(
     *,
     device: str | torch.device | None = None,
     chunk_size: int = 4096,
+    homography_convention: str = "raw",
+    on_pair: PairCallback | None = None,
 ) -> HPatchesResult:
     """Run the D2-Net HPatches protocol.
 
@@ -146,9 +176,15 @@ def evaluate_sequences(
         thresholds: pixel thresholds (the published caches hold 1..15).
         device: where to match (default: the device of image 1's descriptors).
         chunk_size: passed to `mutual_nn`.
+        homography_convention: ``"raw"`` (default, the D2-Net notebook) applies ``H_1_k`` as given;
+            ``"centre"`` converts it from corner-origin to pixel-centre coordinates first.
+        on_pair: called after each pair as ``on_pair(seq, k, features_1, features_k, matches, H)``
+            with the mutual-NN `Matches` and the homography used (e.g. to estimate geometry).
     """
     get = features_by_image.__getitem__ if isinstance(features_by_image, Mapping) else None
     fetch = (lambda s, k: get((s, k))) if get is not None else features_by_image
+    if homography_convention not in HOMOGRAPHY_CONVENTIONS:
+        raise ValueError(f"homography_convention must be one of {HOMOGRAPHY_CONVENTIONS}, got {homography_convention!r}")
     seqs = list_sequences(root) if sequences is None else list(sequences)
     ts = list(thresholds)
     result = HPatchesResult(i_err={t: 0.0 for t in ts}, v_err={t: 0.0 for t in ts})
@@ -161,8 +197,11 @@ def evaluate_sequences(
         for k in PAIR_INDICES:
             fk = fetch(seq, k)
             result.n_feats.append(len(fk))
-            matches = mutual_nn(d1, fk.descriptors.to(dev), chunk_size=chunk_size).indices
-            dist = pair_errors(f1.keypoints, fk.keypoints, matches, load_homography(root, seq, k))
+            found = mutual_nn(d1, fk.descriptors.to(dev), chunk_size=chunk_size)
+            H = pair_homography(root, seq, k, homography_convention)
+            dist = pair_errors(f1.keypoints, fk.keypoints, found.indices, H)
+            if on_pair is not None:
+                on_pair(seq, k, f1, fk, found, H)
             result.n_matches.append(len(dist))
             result.seq_type.append(kind)
             err = result.i_err if kind == "i" else result.v_err

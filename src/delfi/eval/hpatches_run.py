@@ -1,0 +1,488 @@
+"""The full HPatches benchmark run behind ``delfi eval hpatches``: extract (cached), score, save, plot.
+
+One run of method ``m`` writes into ``out_dir/m/``:
+
+- ``features.h5``: a `FeatureStore` of every image's `Features`, named ``"<seq>/<k>.ppm"`` (unless
+  ``features_path`` points elsewhere). Images already there are not extracted again, so a second run
+  only re-scores, and an interrupted run resumes.
+- ``hpatches.npy``: the D2-Net notebook cache (`save_cache`), directly comparable with published
+  caches through `load_cache` / `compare_table`.
+- ``results.json``: MMA@1..10 (overall / i / v), homography accuracy, mean features per image and
+  matches per pair, the run's configuration and one record per pair.
+- ``mma.png``: the MMA curves (`delfi.eval.plots.plot_mma_curves`).
+
+Scoring is the D2-Net protocol (`evaluate_sequences`: plain mutual nearest neighbours, MMA at 1..15 px).
+Homography accuracy: per pair a RANSAC homography is estimated from the same mutual-NN matches
+(`delfi.match.verify.verify`), its corner error measured against the ground truth on image 1's
+corners (`delfi.eval.homography.corner_error`); accuracy at t px = fraction of pairs with error <= t.
+
+``homography_convention="raw"`` applies ``H_1_k`` as given (the D2-Net notebook; use it to compare
+with published caches). ``"centre"`` first converts ``H_1_k`` from corner-origin coordinates to delfi's
+pixel-centre convention (see `delfi.eval.homography`), which is the geometrically exact choice for
+keypoints in delfi's convention (+0.011 MMA@3 on v_wormhole for R2D2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from delfi.datasets.hpatches import (
+    IMAGE_INDICES,
+    HPatchesMissingError,
+    image_path,
+    list_sequences,
+    sequence_type,
+)
+from delfi.eval.homography import corner_error, homography_accuracy
+from delfi.eval.hpatches import (
+    HOMOGRAPHY_CONVENTIONS,
+    HPatchesResult,
+    evaluate_sequences,
+    load_cache,
+    save_cache,
+)
+from delfi.types import Features
+
+__all__ = [
+    "HA_THRESHOLDS",
+    "HPatchesReport",
+    "MissingFeaturesError",
+    "PairRecord",
+    "compare_table",
+    "ensure_features",
+    "feature_name",
+    "run_hpatches",
+    "summary_of",
+]
+
+HA_THRESHOLDS: tuple[int, ...] = (1, 3, 5)
+TABLE_MMA_THRESHOLDS: tuple[int, ...] = (1, 3, 5, 10)
+Extractor = Callable[[Path], Features]
+
+
+class MissingFeaturesError(LookupError):
+    """Features are missing from the store and no extractor was given; the message names the images."""
+
+    def __init__(self, store: str | os.PathLike, missing: Sequence[str]) -> None:
+        self.store = Path(store)
+        self.missing = list(missing)
+        shown = ", ".join(self.missing[:10]) + (f" ... (+{len(self.missing) - 10} more)" if len(self.missing) > 10 else "")
+        super().__init__(
+            f"{self.store}: no features for {len(self.missing)} image(s) and no extractor given: {shown}"
+        )
+
+    def __str__(self) -> str:  # LookupError would quote the message like a KeyError does not, keep it plain
+        return str(self.args[0])
+
+
+def feature_name(seq: str, k: int) -> str:
+    """The store name of image ``k`` of ``seq``: ``"<seq>/<k>.ppm"``."""
+    return f"{seq}/{int(k)}.ppm"
+
+
+# ----------------------------------------------------------------------------- feature cache
+
+
+def ensure_features(
+    store_path: str | os.PathLike,
+    images: Mapping[str, Path],
+    extract: Extractor | None,
+    *,
+    method: str,
+    on_image: Callable[[str, str], None] | None = None,
+) -> int:
+    """Make sure the feature store at ``store_path`` holds every image of ``images``.
+
+    Args:
+        store_path: the HDF5 `FeatureStore` (created when absent and an extractor is given).
+        images: store name -> image file.
+        extract: ``extract(path) -> Features`` for the images not yet in the store, or None.
+        method: recorded as the ``model`` attribute of a store created here.
+        on_image: called with ``(name, "done" | "cached")`` per image.
+
+    Returns:
+        The number of images extracted now.
+
+    Raises:
+        MissingFeaturesError: images are missing and ``extract`` is None (names them).
+        HPatchesMissingError / FileNotFoundError: an image to extract does not exist.
+    """
+    from delfi.io.features import FeatureStore
+
+    store_path = Path(store_path)
+    present: set[str] = set()
+    if store_path.exists() or Path(f"{store_path}.journal").exists():
+        try:
+            with FeatureStore(store_path, "r") as store:
+                present = set(store.names())
+        except FileNotFoundError:
+            present = set()
+    missing = [name for name in images if name not in present]
+    if on_image is not None:
+        for name in images:
+            if name in present:
+                on_image(name, "cached")
+    if not missing:
+        return 0
+    if extract is None:
+        raise MissingFeaturesError(store_path, missing)
+    absent = [str(images[name]) for name in missing if not Path(images[name]).is_file()]
+    if absent:
+        shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
+        raise FileNotFoundError(f"{len(absent)} image(s) to extract not found: {shown}")
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    attrs = None if present or store_path.exists() else {"model": method}
+    extracted = 0
+    with FeatureStore(store_path, "a", attrs=attrs) as store:
+        for name in missing:
+            features = extract(Path(images[name]))
+            if not isinstance(features, Features):
+                raise TypeError(f"extract({images[name]}) returned {type(features).__name__}, not Features")
+            store.put(name, features)
+            extracted += 1
+            if on_image is not None:
+                on_image(name, "done")
+    return extracted
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass
+class PairRecord:
+    """What happened on one pair (1, k) of one sequence."""
+
+    seq: str
+    k: int
+    kind: str  # 'i' or 'v'
+    n_matches: int
+    n_inliers: int
+    status: str  # verify's meta["status"]
+    corner_error: float  # inf when no homography was estimated
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["corner_error"] = self.corner_error if math.isfinite(self.corner_error) else None
+        return out
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+@dataclass
+class HPatchesReport:
+    """The outcome of `run_hpatches`.
+
+    Attributes:
+        method: the method's name (the output sub-folder).
+        result: the D2-Net protocol accumulators (MMA at 1..15 px).
+        pairs: one `PairRecord` per evaluated pair, in evaluation order.
+        config: the settings of the run (written into results.json).
+        out_dir: ``out_dir/<method>`` where the files went (None when not written).
+        n_extracted: images extracted by this run (0 when everything came from the cache).
+        seconds: wall time of the run.
+        ha_thresholds: thresholds of the homography accuracy.
+    """
+
+    method: str
+    result: HPatchesResult
+    pairs: list[PairRecord] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    n_extracted: int = 0
+    seconds: float = 0.0
+    ha_thresholds: tuple[int, ...] = HA_THRESHOLDS
+
+    def corner_errors(self, subset: str = "overall") -> list[float]:
+        return [p.corner_error for p in self.pairs if subset == "overall" or p.kind == subset]
+
+    @property
+    def homography_accuracy(self) -> dict[str, dict[int, float]]:
+        """``{"overall" | "i" | "v": {t: fraction of pairs with corner error <= t}}``."""
+        return {s: homography_accuracy(self.corner_errors(s), self.ha_thresholds) for s in ("overall", "i", "v")}
+
+    def summary(self, max_threshold: int = 10) -> dict[str, Any]:
+        """MMA@1..max_threshold (overall / i / v), homography accuracy, mean feats / matches / inliers."""
+        out: dict[str, Any] = {"method": self.method}
+        out.update(self.result.summary(max_threshold=max_threshold))
+        out["homography_accuracy"] = self.homography_accuracy
+        out["n_inliers"] = float(np.mean([p.n_inliers for p in self.pairs])) if self.pairs else float("nan")
+        finite = [p.corner_error for p in self.pairs if math.isfinite(p.corner_error)]
+        out["median_corner_error"] = float(np.median(finite)) if finite else float("nan")
+        out["n_failed_estimates"] = sum(1 for p in self.pairs if not math.isfinite(p.corner_error))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of results.json (JSON-safe: non-finite numbers become null)."""
+        from delfi import __version__
+
+        out = self.summary()
+        out.update(
+            benchmark="hpatches",
+            protocol="D2-Net (mutual NN, MMA), homography accuracy by RANSAC corner error",
+            config=self.config,
+            n_extracted=self.n_extracted,
+            seconds=self.seconds,
+            delfi_version=__version__,
+            pairs=[p.to_json() for p in self.pairs],
+        )
+        return _nan_to_none(out)
+
+    def table(self, title: str | None = None) -> Any:
+        """A `rich.table.Table` with this run as one row (see `compare_table`)."""
+        return _table([(self.method, self.summary())], title=title or "HPatches (D2-Net protocol)")
+
+
+# ----------------------------------------------------------------------------- comparison table
+
+
+def _int_keys(d: Any) -> dict[int, float]:
+    if not isinstance(d, Mapping):
+        return {}
+    return {int(k): (float("nan") if v is None else float(v)) for k, v in d.items()}
+
+
+def summary_of(item: Any) -> tuple[str, dict[str, Any]]:
+    """``(name, summary)`` of an `HPatchesReport`, a D2-Net cache file (``.npy``), a ``results.json``
+    written by `run_hpatches`, or a summary dict (with ``mma`` / ``mma_i`` / ``mma_v``)."""
+    if isinstance(item, HPatchesReport):
+        return item.method, item.summary()
+    if isinstance(item, HPatchesResult):
+        return "result", item.summary()
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            return str(data.get("method", path.parent.name)), _normalise_summary(data)
+        cache = load_cache(path)
+        summary = _normalise_summary(cache)
+        return path.name[:-4] if path.name.endswith(".npy") else path.name, summary
+    if isinstance(item, Mapping):
+        return str(item.get("method", "?")), _normalise_summary(item)
+    raise TypeError(f"cannot compare a {type(item).__name__}: give a report, a cache path, a results.json or a dict")
+
+
+def _normalise_summary(data: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for key in ("mma", "mma_i", "mma_v"):
+        out[key] = _int_keys(data.get(key))
+    ha = data.get("homography_accuracy")
+    if isinstance(ha, Mapping) and "overall" in ha:
+        out["homography_accuracy"] = {s: _int_keys(ha.get(s)) for s in ("overall", "i", "v")}
+    elif isinstance(ha, Mapping):  # load_cache of an ALIKE-style cache: t -> accuracy, plus _i / _v keys
+        out["homography_accuracy"] = {
+            "overall": _int_keys(ha),
+            "i": _int_keys(data.get("homography_accuracy_i")),
+            "v": _int_keys(data.get("homography_accuracy_v")),
+        }
+    else:
+        out["homography_accuracy"] = {}
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _table(rows: Sequence[tuple[str, Mapping[str, Any]]], title: str | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("method", style="bold")
+    for prefix in ("MMA", "i", "v"):
+        for t in TABLE_MMA_THRESHOLDS:
+            table.add_column(f"{prefix}@{t}", justify="right")
+    for t in HA_THRESHOLDS:
+        table.add_column(f"HA@{t}", justify="right")
+    table.add_column("feats", justify="right")
+    table.add_column("matches", justify="right")
+    for name, s in rows:
+        cells = [name]
+        for key in ("mma", "mma_i", "mma_v"):
+            curve = s.get(key) or {}
+            cells += [_fmt(curve.get(t)) for t in TABLE_MMA_THRESHOLDS]
+        ha = (s.get("homography_accuracy") or {}).get("overall") or {}
+        cells += [_fmt(ha.get(t)) for t in HA_THRESHOLDS]
+        cells += [_fmt(s.get("n_feats"), 0), _fmt(s.get("n_matches"), 0)]
+        table.add_row(*cells)
+    return table
+
+
+def compare_table(items: Iterable[Any] | Mapping[str, Any], title: str | None = "HPatches (D2-Net protocol)") -> Any:
+    """A `rich.table.Table` with one row per method: delfi runs next to published caches.
+
+    Args:
+        items: `HPatchesReport` objects, paths to D2-Net ``.npy`` caches (read safely by `load_cache`),
+            paths to ``results.json`` files, or summary dicts; or a mapping ``{row name: item}``.
+    """
+    pairs = items.items() if isinstance(items, Mapping) else ((None, item) for item in items)
+    rows = []
+    for name, item in pairs:
+        default, summary = summary_of(item)
+        rows.append((str(name) if name is not None else default, summary))
+    return _table(rows, title=title)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _select_sequences(root: Path, sequences: Iterable[str] | None, image_list: Any) -> list[str]:
+    available = list_sequences(root, image_list)
+    if sequences is None:
+        return available
+    wanted = [str(s) for s in ([sequences] if isinstance(sequences, str) else sequences)]
+    for seq in wanted:
+        sequence_type(seq)  # a clear error for a malformed name
+    missing = [s for s in wanted if not (root / s).is_dir()]
+    if missing:
+        raise HPatchesMissingError(f"{root}: sequence folder(s) not found: {', '.join(missing)}")
+    if image_list is not None:
+        keep = set(available)
+        wanted = [s for s in wanted if s in keep]
+    return wanted
+
+
+def run_hpatches(
+    root: str | os.PathLike,
+    extract: Extractor | None,
+    out_dir: str | os.PathLike,
+    *,
+    method: str,
+    sequences: Iterable[str] | None = None,
+    image_list: str | os.PathLike | None = None,
+    features_path: str | os.PathLike | None = None,
+    homography_convention: str = "raw",
+    ransac_threshold: float = 3.0,
+    seed: int = 0,
+    max_keypoints: int | None = None,
+    thresholds: Iterable[int] = range(1, 16),
+    ha_thresholds: Sequence[int] = HA_THRESHOLDS,
+    verify_backend: str = "opencv",
+    device: Any = None,
+    plot: bool = True,
+    on_image: Callable[[str, str], None] | None = None,
+) -> HPatchesReport:
+    """Run the HPatches benchmark for one method and write its results.
+
+    Args:
+        root: HPatches-sequences folder (``<seq>/<k>.ppm``, ``<seq>/H_1_k``).
+        extract: ``extract(image_path) -> Features`` (keypoints in original pixels, delfi's
+            convention), called only for images without cached features; None when the cache is
+            complete (a `MissingFeaturesError` names the missing images otherwise).
+        out_dir: results go to ``out_dir/<method>/``.
+        method: the method's name (folder name and table row).
+        sequences: sequence names to evaluate, in order; default every ``i_*`` / ``v_*`` folder.
+        image_list: a D2-Net image list restricting the sequences (the 108-sequence protocol).
+        features_path: feature store to use instead of ``out_dir/<method>/features.h5``.
+        homography_convention: ``"raw"`` or ``"centre"`` (module docstring).
+        ransac_threshold: inlier threshold (px) of the RANSAC homography.
+        seed: RANSAC seed.
+        max_keypoints: score only the best ``max_keypoints`` keypoints of each image (cache keeps all).
+        thresholds: MMA thresholds (the D2-Net caches hold 1..15).
+        ha_thresholds: homography-accuracy thresholds.
+        verify_backend: passed to `verify` as ``backend``.
+        device: where to match (default: where the features are, the CPU for the store).
+        plot: write ``mma.png``.
+        on_image: progress callback ``(store name, "done" | "cached")``.
+    """
+    from delfi.io.features import FeatureStore
+    from delfi.match.verify import verify
+
+    started = time.perf_counter()
+    if homography_convention not in HOMOGRAPHY_CONVENTIONS:
+        raise ValueError(f"homography_convention must be one of {HOMOGRAPHY_CONVENTIONS}, got {homography_convention!r}")
+    if not method or "/" in method or method in (".", ".."):
+        raise ValueError(f"method must be a plain folder name, got {method!r}")
+    root = Path(root)
+    seqs = _select_sequences(root, sequences, image_list)
+    if not seqs:
+        raise HPatchesMissingError(f"{root}: no HPatches sequences to evaluate")
+    run_dir = Path(out_dir) / method
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store_path = Path(features_path) if features_path is not None else run_dir / "features.h5"
+    images = {feature_name(s, k): image_path(root, s, k, must_exist=False) for s in seqs for k in IMAGE_INDICES}
+    n_extracted = ensure_features(store_path, images, extract, method=method, on_image=on_image)
+
+    records: list[PairRecord] = []
+    with FeatureStore(store_path, "r") as store:
+
+        def fetch(seq: str, k: int) -> Features:
+            features = store.get(feature_name(seq, k))
+            return features.top_k(int(max_keypoints)) if max_keypoints else features
+
+        def on_pair(seq: str, k: int, f1: Features, fk: Features, matches: Any, H: np.ndarray) -> None:
+            verified = verify(
+                f1, fk, matches.to("cpu"), geometry="homography", threshold=ransac_threshold, seed=seed,
+                backend=verify_backend,
+            )  # fmt: skip
+            size = f1.image_size if min(f1.image_size) > 0 else _image_size(image_path(root, seq, 1))
+            model = None if verified.model is None else verified.model.detach().cpu().numpy()
+            records.append(
+                PairRecord(
+                    seq=seq, k=int(k), kind=sequence_type(seq), n_matches=len(matches),
+                    n_inliers=verified.num_inliers, status=str(verified.meta.get("status", "ok")),
+                    corner_error=corner_error(model, H, size),
+                )  # fmt: skip
+            )
+
+        result = evaluate_sequences(
+            fetch, root, seqs, thresholds, device=device, homography_convention=homography_convention, on_pair=on_pair
+        )
+
+    config = {
+        "method": method,
+        "root": str(root),
+        "sequences": len(seqs),
+        "image_list": None if image_list is None else str(image_list),
+        "features_path": str(store_path),
+        "homography_convention": homography_convention,
+        "matcher": "mutual_nn",
+        "thresholds": list(result.thresholds),
+        "ransac_threshold": float(ransac_threshold),
+        "ha_thresholds": list(ha_thresholds),
+        "seed": int(seed),
+        "verify_backend": verify_backend,
+        "max_keypoints": None if max_keypoints is None else int(max_keypoints),
+    }
+    report = HPatchesReport(
+        method=method, result=result, pairs=records, config=config, out_dir=run_dir, n_extracted=n_extracted,
+        ha_thresholds=tuple(ha_thresholds),
+    )  # fmt: skip
+    save_cache(result, run_dir / "hpatches.npy")
+    if plot:
+        from delfi.eval.plots import plot_mma_curves
+
+        plot_mma_curves({method: result}, run_dir / "mma.png", title=f"HPatches: {method}")
+    report.seconds = time.perf_counter() - started
+    _write_json(run_dir / "results.json", report.to_json())
+    return report
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from delfi.io.images import image_size
+
+    return image_size(path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
