@@ -6,8 +6,12 @@ import typer
 
 from delfi import __version__
 from delfi.cli import demo as demo_cli
+from delfi.cli import eval as eval_cli
 from delfi.cli import extract as extract_cli
+from delfi.cli import match as match_cli
+from delfi.cli import pairs as pairs_cli
 from delfi.cli import presets as presets_cli
+from delfi.cli import viz as viz_cli
 from delfi.cli import weights as weights_cli
 from delfi.cli.common import configure_logging
 
@@ -22,6 +26,10 @@ app.add_typer(weights_cli.app, name="weights")
 app.command("extract")(extract_cli.extract)
 app.command("presets")(presets_cli.presets)
 app.command("demo")(demo_cli.demo)
+app.command("match")(match_cli.match)
+app.add_typer(pairs_cli.app, name="pairs")
+app.add_typer(viz_cli.app, name="viz")
+app.add_typer(eval_cli.app, name="eval")
 
 
 def _version(value: bool) -> None:

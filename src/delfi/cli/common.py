@@ -38,7 +38,7 @@ def configure_logging(verbose: bool) -> None:
 class ProgressBar:
     """A Rich progress bar with items/s and ETA; `advance(label, status)` after each item."""
 
-    def __init__(self, total: int, description: str, unit: str = "img") -> None:
+    def __init__(self, total: int | None, description: str, unit: str = "img") -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,

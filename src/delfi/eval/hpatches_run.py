@@ -270,9 +270,9 @@ def summary_of(item: Any) -> tuple[str, dict[str, Any]]:
         if path.suffix == ".json":
             data = json.loads(path.read_text())
             return str(data.get("method", path.parent.name)), _normalise_summary(data)
-        cache = load_cache(path)
-        summary = _normalise_summary(cache)
-        return path.name[:-4] if path.name.endswith(".npy") else path.name, summary
+        summary = _normalise_summary(load_cache(path))
+        name = path.name[:-4] if path.name.endswith(".npy") else path.name
+        return (path.parent.name if name == "hpatches" and path.parent.name else name), summary
     if isinstance(item, Mapping):
         return str(item.get("method", "?")), _normalise_summary(item)
     raise TypeError(f"cannot compare a {type(item).__name__}: give a report, a cache path, a results.json or a dict")
@@ -303,26 +303,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _table(rows: Sequence[tuple[str, Mapping[str, Any]]], title: str | None = None) -> Any:
+    """Metrics as rows, methods as columns: readable in 80 columns for a few methods."""
     from rich.table import Table
 
-    table = Table(title=title)
-    table.add_column("method", style="bold")
-    for prefix in ("MMA", "i", "v"):
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", style="bold", no_wrap=True)
+    for name, _ in rows:
+        table.add_column(name, justify="right", overflow="fold")
+    lines: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = []
+    for key, label in (("mma", "MMA"), ("mma_i", "MMA i"), ("mma_v", "MMA v")):
         for t in TABLE_MMA_THRESHOLDS:
-            table.add_column(f"{prefix}@{t}", justify="right")
+            lines.append((f"{label}@{t}", lambda s, key=key, t=t: _fmt((s.get(key) or {}).get(t))))
     for t in HA_THRESHOLDS:
-        table.add_column(f"HA@{t}", justify="right")
-    table.add_column("feats", justify="right")
-    table.add_column("matches", justify="right")
-    for name, s in rows:
-        cells = [name]
-        for key in ("mma", "mma_i", "mma_v"):
-            curve = s.get(key) or {}
-            cells += [_fmt(curve.get(t)) for t in TABLE_MMA_THRESHOLDS]
-        ha = (s.get("homography_accuracy") or {}).get("overall") or {}
-        cells += [_fmt(ha.get(t)) for t in HA_THRESHOLDS]
-        cells += [_fmt(s.get("n_feats"), 0), _fmt(s.get("n_matches"), 0)]
-        table.add_row(*cells)
+        lines.append((f"HA@{t}px", lambda s, t=t: _fmt(((s.get("homography_accuracy") or {}).get("overall") or {}).get(t))))
+    lines.append(("features / image", lambda s: _fmt(s.get("n_feats"), 0)))
+    lines.append(("matches / pair", lambda s: _fmt(s.get("n_matches"), 0)))
+    for label, cell in lines:
+        table.add_row(label, *(cell(summary) for _, summary in rows))
     return table
 
 

@@ -1,4 +1,4 @@
-"""Reading and writing: images, feature stores, official npz files."""
+"""Reading and writing: images, feature and match stores, pairs files, official npz files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ _LAZY = {
     "collect_images": "delfi.io.images",
     "ImageError": "delfi.io.images",
     "ImageEntry": "delfi.io.images",
+    "MatchStore": "delfi.io.matches",
+    "read_pairs": "delfi.io.pairs",
+    "write_pairs": "delfi.io.pairs",
+    "pairs_exhaustive": "delfi.io.pairs",
+    "pairs_from_ranking": "delfi.io.pairs",
     "read_r2d2_npz": "delfi.io.npz",
     "write_r2d2_npz": "delfi.io.npz",
 }

@@ -85,23 +85,18 @@ class JournaledH5Store:
             None keeps one journal file per entry until the end. Both are equally crash-safe.
 
     Journaled entries are visible to readers before the commit (the journal wins over the file). A
-    reader's list of entries is a snapshot taken when it opens.
-
-    Hooks for subclasses: `FORMAT`, `FORMAT_VERSION`, `LABEL`, `DATASETS`, `BUILTIN_ATTRS`,
-    `CHECKED_ATTRS`, `_builtin_attrs` (attrs of a new store), `_write_group` / `_read_group` (record
-    <-> h5 group) and `_read_npz` (journal file -> record).
+    reader's list of entries is a snapshot taken when it opens. Subclasses set the class attributes
+    and may override `_builtin_attrs`, `_write_group`, `_read_group` and `_read_npz`; their public
+    ``put`` / ``get`` map names to group paths and call `_put_record` / `_record`.
     """
 
     FORMAT: ClassVar[str] = ""
     FORMAT_VERSION: ClassVar[int] = 1
-    LABEL: ClassVar[str] = "store"
-    """Used in messages: ``"feature"`` gives "feature store", "not a delfi feature file"."""
-    DATASETS: ClassVar[tuple[str, ...]] = ()
-    """Record keys stored as datasets of the entry's group; all other record keys become group attrs."""
-    BUILTIN_ATTRS: ClassVar[tuple[str, ...]] = ("format", "format_version", "delfi_version")
-    CHECKED_ATTRS: ClassVar[tuple[str, ...]] = ("model", "weights_sha256", "config")
-    """Attributes that must agree when resuming a store: other values would mix incompatible entries."""
-    JSON_ATTRS: ClassVar[tuple[str, ...]] = ("config",)
+    LABEL: ClassVar[str] = "store"  # in messages: "feature" gives "feature store", "not a delfi feature file"
+    DATASETS: ClassVar[tuple[str, ...]] = ()  # record keys stored as datasets; the others become group attrs
+    BUILTIN_ATTRS: ClassVar[tuple[str, ...]] = ("format", "format_version", "delfi_version")  # not caller's
+    CHECKED_ATTRS: ClassVar[tuple[str, ...]] = ("model", "weights_sha256", "config")  # must agree on resume
+    JSON_ATTRS: ClassVar[tuple[str, ...]] = ("config",)  # dict attrs, stored as JSON strings
 
     def __init__(self, path: str | os.PathLike, mode: str = "r", *, attrs: dict | None = None,
                  commit_every: int | None = None) -> None:
@@ -135,7 +130,6 @@ class JournaledH5Store:
             self._close_h5()
             raise
 
-    # ------------------------------------------------------------------ hooks
     def _builtin_attrs(self) -> dict[str, Any]:
         """The attrs of a newly created store (before the caller's)."""
         return {"format": self.FORMAT, "format_version": self.FORMAT_VERSION}
@@ -150,22 +144,15 @@ class JournaledH5Store:
 
     def _read_group(self, group: h5py.Group) -> dict[str, Any]:
         """The record stored in a committed group (inverse of `_write_group`)."""
-        record: dict[str, Any] = {k: group[k][()] for k in self.DATASETS if k in group}
-        for key, value in group.attrs.items():
-            if key not in _RESERVED_RECORD_KEYS:
-                record[key] = value.decode() if isinstance(value, bytes) else value
-        return record
+        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in group.attrs.items()
+                 if k not in _RESERVED_RECORD_KEYS}
+        return {**{k: group[k][()] for k in self.DATASETS if k in group}, **attrs}
 
     def _read_npz(self, z: Any) -> dict[str, Any]:
         """The record saved in a journal file (0-d string arrays become ``str``)."""
-        record = {}
-        for key in z.files:
-            if key not in _RESERVED_RECORD_KEYS:
-                value = z[key]
-                record[key] = str(value) if value.dtype.kind == "U" and value.ndim == 0 else value
-        return record
+        arrays = {k: z[k] for k in z.files if k not in _RESERVED_RECORD_KEYS}
+        return {k: str(v) if v.dtype.kind == "U" and v.ndim == 0 else v for k, v in arrays.items()}
 
-    # ------------------------------------------------------------------ setup
     def _normalise_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """Validate caller attrs; JSON attrs are round-tripped through JSON so comparisons are exact."""
         out: dict[str, Any] = {}
@@ -190,12 +177,9 @@ class JournaledH5Store:
         elif check:
             diff = [k for k in self.CHECKED_ATTRS if self._attrs.get(k) != given.get(k)]
             if diff:
-                details = "; ".join(f"{k}: stored {self._attrs.get(k)!r}, given {given.get(k)!r}"
-                                    for k in diff)
-                raise StoreMismatchError(
-                    f"{self.LABEL} store {self.path} was written with other settings ({details}); "
-                    "use another path or mode='w' to start afresh"
-                )
+                details = "; ".join(f"{k}: stored {self._attrs.get(k)!r}, given {given.get(k)!r}" for k in diff)
+                raise StoreMismatchError(f"{self.LABEL} store {self.path} was written with other settings "
+                                         f"({details}); use another path or mode='w' to start afresh")
         merged = {**self._attrs, **given}
         if merged != self._attrs or not self.path.exists():
             self._attrs = merged
@@ -220,7 +204,6 @@ class JournaledH5Store:
     def __len__(self) -> int:
         return len(self._paths())
 
-    # ------------------------------------------------------------------ reading
     def _record(self, path: str) -> dict[str, Any]:
         """The record of the entry at group ``path``; KeyError if there is none."""
         self._require_open()
@@ -287,15 +270,13 @@ class JournaledH5Store:
         if isinstance(obj, h5py.Group) and obj.attrs.get("complete", False):
             self._committed.add(name)
 
-    # ------------------------------------------------------------------ writing
     def _put_record(self, path: str, record: dict[str, np.ndarray]) -> None:
         """Journal ``record`` as the entry at group ``path`` (replacing one there); atomic."""
         self._require_open()
         if self.mode == "r":
             raise PermissionError(f"{self.LABEL} store {self.path} is open read-only")
-        bad = [k for k in record if k in _RESERVED_RECORD_KEYS]
-        if bad:
-            raise ValueError(f"record keys {bad} are reserved")
+        if any(k in _RESERVED_RECORD_KEYS for k in record):
+            raise ValueError(f"record keys {_RESERVED_RECORD_KEYS} are reserved")
         token = uuid.uuid4().hex
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         npz = self._journal_dir / f"{hashlib.sha1(path.encode()).hexdigest()}.npz"
@@ -356,7 +337,6 @@ class JournaledH5Store:
         group.attrs["token"] = token
         group.attrs["complete"] = True
 
-    # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Commit (in write modes) and release the file. Idempotent."""
         if self._closed:

@@ -1,5 +1,24 @@
-"""Descriptor matching: chunked (mutual) nearest neighbours with ratio / distance filters."""
+"""Descriptor matching: chunked (mutual) nearest neighbours with ratio / distance filters, and
+geometric verification (robust homography / fundamental / affine fitting)."""
 
 from delfi.match.nn import mutual_nn, nearest_neighbours, similarity_to_distance
+from delfi.match.verify import (
+    BACKENDS,
+    GEOMETRIES,
+    MIN_SAMPLES,
+    MissingBackendError,
+    estimate_geometry,
+    verify,
+)
 
-__all__ = ["mutual_nn", "nearest_neighbours", "similarity_to_distance"]
+__all__ = [
+    "mutual_nn",
+    "nearest_neighbours",
+    "similarity_to_distance",
+    "BACKENDS",
+    "GEOMETRIES",
+    "MIN_SAMPLES",
+    "MissingBackendError",
+    "estimate_geometry",
+    "verify",
+]

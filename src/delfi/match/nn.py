@@ -5,14 +5,23 @@ L2-normalised rows the Euclidean distance is ``d = sqrt(max(2 - 2 * sim, 0))``, 
 neighbour by distance is the one with the largest similarity.
 
 Memory: the similarity matrix is never built whole. Rows of ``desc0`` are processed in chunks of
-``chunk_size``; each chunk produces a (chunk_size, N1) block from which the row-wise best two
-similarities are taken and the column-wise best (over ``desc0``) is merged into running
-per-column maxima. Peak extra memory is therefore ``chunk_size * N1`` float32 values.
+``chunk_size``; each chunk is written into one reused (chunk_size, N1) buffer from which the
+row-wise best (and, for the ratio test, second-best) similarities are taken and the column-wise
+best (over ``desc0``) is merged into running per-column maxima. Peak extra memory is therefore
+``chunk_size * N1`` float32 values.
 
-Determinism: ties are broken towards the lowest index (``torch.argmax`` returns the first maximum
-on CPU and CUDA, and the running column maxima are only replaced on a strictly larger value), so
-results do not depend on the chunk size or the device, up to the last-bit rounding differences
-of the matrix product itself (BLAS blocking); scores may differ by ~1 ulp across chunk sizes.
+Speed: the matrix product dominates; each block is then read by one ``max`` per direction
+(value and index in a single pass) and, only when the ratio test needs the second-best value, by
+an ``amax`` after masking the best entries. The default chunk of 1024 rows keeps a 5000-column
+block (20 MB) within a typical L3 cache. On a shared 2-core CPU this took 5k x 5k x 128 mutual NN
+from ~0.38 s to ~0.27 s wall (CPU time 0.26 s -> 0.18 s) and 20k x 20k from ~2.0 s to ~1.0 s
+(``benchmarks/match_speed.py``).
+
+Determinism: ties are broken towards the lowest index (``torch.max(dim=...)`` returns the first
+maximum on CPU and CUDA, and the running column maxima are only replaced on a strictly larger
+value), so results do not depend on the chunk size or the device, up to the last-bit rounding
+differences of the matrix product itself (BLAS blocking); scores may differ by ~1 ulp across chunk
+sizes.
 
 Precision: half-precision descriptors are upcast to float32 (chunk by chunk for ``desc0``) before
 the matrix product, so scores and comparisons are always made in at least float32; float64 input
@@ -27,6 +36,9 @@ from torch import Tensor
 from delfi.types import Matches
 
 __all__ = ["mutual_nn", "nearest_neighbours", "similarity_to_distance"]
+
+DEFAULT_CHUNK_SIZE = 1024
+"""Rows of ``desc0`` per similarity block (peak extra memory ``DEFAULT_CHUNK_SIZE * N1`` floats)."""
 
 
 def similarity_to_distance(sim: Tensor) -> Tensor:
@@ -53,17 +65,24 @@ def _check(desc0: Tensor, desc1: Tensor, chunk_size: int) -> None:
 
 
 def _scan(
-    desc0: Tensor, desc1: Tensor, chunk_size: int, *, columns: bool
+    desc0: Tensor, desc1: Tensor, chunk_size: int, *, columns: bool, second: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """One chunked pass over the similarity matrix ``desc0 @ desc1.T``.
+
+    Each (c, N1) block is written into one reused buffer (no per-chunk allocation) and read by at
+    most three reductions: ``max`` over rows and over columns (values and first indices in one
+    pass each) and, for the second-best similarity, ``amax`` after masking each row's best entry
+    (much cheaper than ``topk``; a tied duplicate of the best value stays, as with ``topk``).
 
     Args:
         desc0: (N0, D), desc1: (N1, D) with N0, N1 >= 1.
         columns: also compute, for every column, the index of the best row.
+        second: also compute the second-best similarity of every row.
 
     Returns:
-        best_index (N0,) int64, best_sim (N0,), second_sim (N0,) (``-inf`` when N1 < 2), and
-        col_best_index (N1,) int64 or None; similarities in float32 (float64 for float64 input).
+        best_index (N0,) int64, best_sim (N0,), second_sim (N0,) (``-inf`` when N1 < 2 or not
+        ``second``), and col_best_index (N1,) int64 or None; similarities in float32 (float64 for
+        float64 input).
     """
     dtype = _compute_dtype(torch.promote_types(desc0.dtype, desc1.dtype))
     n0, n1 = desc0.shape[0], desc1.shape[0]
@@ -76,30 +95,28 @@ def _scan(
     if columns:
         col_idx = torch.zeros(n1, dtype=torch.int64, device=device)
         col_sim = torch.full((n1,), float("-inf"), dtype=dtype, device=device)
-    cols = torch.arange(n1, device=device)
+    buffer = torch.empty((min(chunk_size, n0), n1), dtype=dtype, device=device)
     for start in range(0, n0, chunk_size):
         stop = min(start + chunk_size, n0)
-        sim = desc0[start:stop].to(dtype) @ d1t  # (c, N1)
-        idx = torch.argmax(sim, dim=1)
-        best_idx[start:stop] = idx
-        if n1 >= 2:
-            top2 = torch.topk(sim, 2, dim=1, largest=True, sorted=True).values  # values are tie-safe
-            best_sim[start:stop] = top2[:, 0]
-            second_sim[start:stop] = top2[:, 1]
-        else:
-            best_sim[start:stop] = sim[:, 0]
+        sim = torch.mm(desc0[start:stop].to(dtype), d1t, out=buffer[: stop - start])  # (c, N1)
         if columns:
-            cidx = torch.argmax(sim, dim=0)  # first (lowest) row within the chunk
-            csim = sim[cidx, cols]
+            csim, cidx = torch.max(sim, dim=0)  # first (lowest) row within the chunk on ties
             better = csim > col_sim  # strictly: earlier chunks (lower rows) win ties
             col_sim = torch.where(better, csim, col_sim)
             col_idx = torch.where(better, cidx + start, col_idx)
-        del sim
+        value, idx = torch.max(sim, dim=1)  # first (lowest) column on ties
+        best_idx[start:stop] = idx
+        best_sim[start:stop] = value
+        if second and n1 >= 2:  # the block is not needed afterwards: mask the best entries in place
+            sim.scatter_(1, idx[:, None], float("-inf"))
+            second_sim[start:stop] = sim.amax(dim=1)
     return best_idx, best_sim, second_sim, col_idx
 
 
 @torch.no_grad()
-def nearest_neighbours(desc0: Tensor, desc1: Tensor, chunk_size: int = 4096) -> tuple[Tensor, Tensor, Tensor]:
+def nearest_neighbours(
+    desc0: Tensor, desc1: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[Tensor, Tensor, Tensor]:
     """For each row of ``desc0`` its nearest row of ``desc1`` by dot product.
 
     Args:
@@ -137,7 +154,7 @@ def mutual_nn(
     ratio: float | None = None,
     max_distance: float | None = None,
     mutual: bool = True,
-    chunk_size: int = 4096,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Matches:
     """Nearest-neighbour matching from ``desc0`` to ``desc1`` with optional filters.
 
@@ -166,7 +183,9 @@ def mutual_nn(
     n0, n1 = desc0.shape[0], desc1.shape[0]
     if n0 == 0 or n1 == 0 or (ratio is not None and n1 < 2):
         return _empty_matches(desc0.device)
-    idx, best, second, col_idx = _scan(desc0, desc1, int(chunk_size), columns=mutual)
+    idx, best, second, col_idx = _scan(
+        desc0, desc1, int(chunk_size), columns=mutual, second=ratio is not None
+    )
     rows = torch.arange(n0, device=desc0.device)
     keep = torch.ones(n0, dtype=torch.bool, device=desc0.device)
     if mutual:

@@ -233,7 +233,9 @@ class _PairLayout:
     offset: float  # x of image1's pixel-0 centre in the shared data coordinates
 
 
-def _pair_layout(size0: tuple[int, int], size1: tuple[int, int], max_w: float, max_h: float, min_w: float) -> _PairLayout:
+def _pair_layout(
+    size0: tuple[int, int], size1: tuple[int, int], max_w: float, max_h: float, min_w: float
+) -> _PairLayout:
     (h0, w0), (h1, w1) = size0, size1
     s = _fit_scale(w0 + w1, max(h0, h1), max_w - GAP, max_h, min_w - GAP)
     return _PairLayout(s, (w0 + w1) * s + GAP, max(h0, h1) * s, w0 + GAP / s)
@@ -372,8 +374,8 @@ def _draw_pair(ax, pair: _Pair, layout: _PairLayout) -> ScalarMappable | None:
         segments = np.stack([start[mask], end[mask]], axis=1)
         ax.add_collection(LineCollection(segments, colors=c, linewidths=width, alpha=alpha, zorder=z))
         ends = np.concatenate([start[mask], end[mask]])
-        ax.scatter(ends[:, 0], ends[:, 1], s=(2.4 * width) ** 2, c=np.concatenate([c, c]) if isinstance(c, np.ndarray) else [c],
-                   alpha=alpha, linewidths=0, zorder=z + 0.5)
+        end_colors = np.concatenate([c, c]) if isinstance(c, np.ndarray) else [c]
+        ax.scatter(ends[:, 0], ends[:, 1], s=(2.4 * width) ** 2, c=end_colors, alpha=alpha, linewidths=0, zorder=z + 0.5)
     return mappable
 
 

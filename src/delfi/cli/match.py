@@ -1,0 +1,126 @@
+"""``delfi match``: two images (extract + match + verify + picture) or many pairs from a feature store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from delfi.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ProgressBar,
+    fail,
+    failures_table,
+    load_model,
+    split_overrides,
+    summary_table,
+)
+
+GEOMETRY_CHOICES = ("homography", "fundamental", "affine", "none")
+
+
+def matching_config(geometry, threshold, ratio, max_distance, mutual, backend, seed, max_iters, confidence):
+    from delfi.match.pipeline import MatchingConfig
+
+    if geometry not in GEOMETRY_CHOICES:
+        raise fail(f"--geometry must be one of {', '.join(GEOMETRY_CHOICES)}, got {geometry!r}")
+    return MatchingConfig(
+        mutual=mutual, ratio=ratio, max_distance=max_distance, geometry=None if geometry == "none" else geometry,
+        threshold=threshold, confidence=confidence, max_iters=max_iters, seed=seed, backend=backend,
+    )  # fmt: skip
+
+
+def match(
+    images: Optional[List[Path]] = typer.Argument(None, help="Two images to match (and key=value overrides of the preset)."),
+    features: Optional[Path] = typer.Option(None, "--features", "-f", help="Feature store (pairs mode)."),
+    features_db: Optional[Path] = typer.Option(None, "--features-db", help="Store of the second images, if different."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Pairs file `name0 name1` (pairs mode)."),
+    out: Path = typer.Option(Path("matches.h5"), "--out", "-o", help="Match store to write or resume (pairs mode)."),
+    preset: str = typer.Option("r2d2", "--preset", "-p", help="Preset for extraction (two-image mode)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights name or checkpoint path."),
+    device: str = typer.Option("cpu", "--device"),
+    geometry: str = typer.Option("homography", "--geometry", "-g", help="homography | fundamental | affine | none."),
+    threshold: float = typer.Option(3.0, "--threshold", help="RANSAC residual threshold (pixels)."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Lowe ratio test (e.g. 0.9)."),
+    max_distance: Optional[float] = typer.Option(None, "--max-distance", help="Keep matches with L2 distance <= this."),
+    mutual: bool = typer.Option(True, "--mutual/--no-mutual", help="Keep only mutual nearest neighbours."),
+    backend: str = typer.Option("opencv", "--backend", help="RANSAC backend: opencv | pydegensac | poselib."),
+    seed: int = typer.Option(0, "--seed"),
+    max_iters: int = typer.Option(10000, "--max-iters"),
+    confidence: float = typer.Option(0.9999, "--confidence"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Save a match picture (two-image mode)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start a fresh match store."),
+) -> None:
+    """Match two images, or every pair of a pairs file from a feature store.
+
+    Two images: `delfi match a.jpg b.jpg --weights r2d2-wasf-n16 --plot m.png`.
+    Pairs: `delfi match --features feats.h5 --pairs pairs.txt --out matches.h5 --geometry fundamental`.
+    """
+    config = matching_config(geometry, threshold, ratio, max_distance, mutual, backend, seed, max_iters, confidence)
+    paths, settings = split_overrides(images)
+    if features is not None or pairs is not None:
+        if paths or features is None or pairs is None:
+            raise fail("pairs mode needs --features and --pairs and no image arguments")
+        _match_store(features, features_db, pairs, out, config, overwrite)
+    elif len(paths) == 2:
+        _match_two(paths[0], paths[1], preset, weights, settings, device, config, plot)
+    else:
+        raise fail("give two images, or --features with --pairs")
+
+
+def _match_two(path0: Path, path1: Path, preset, weights, settings, device, config, plot: Path | None) -> None:
+    from delfi.io.images import ImageError, read_image
+    from delfi.match.pipeline import match_features
+
+    try:
+        images = [read_image(path0), read_image(path1)]
+    except ImageError as exc:
+        raise fail(str(exc)) from None
+    model, _ = load_model(preset, weights, settings, device)
+    f0, f1 = (model.extract(image) for image in images)
+    matches = match_features(f0, f1, config)
+    rows = [("features", f"{len(f0)} / {len(f1)}"), ("matches", str(len(matches)))]
+    if matches.inliers is not None:
+        share = matches.num_inliers / max(len(matches), 1)
+        rows += [(f"{matches.kind} inliers", f"{matches.num_inliers} ({share:.0%}), {matches.meta.get('status', '')}")]
+        if matches.model is not None:
+            rows.append(("model", " ".join(f"{v:.4g}" for v in matches.model.flatten().tolist())))
+    if plot is not None:
+        from delfi.viz.matches import plot_matches
+
+        plot_matches(images[0], images[1], f0, f1, matches, out=plot, names=(path0.name, path1.name))
+        rows.append(("picture", str(plot)))
+    Console().print(summary_table(f"delfi match {path0.name} {path1.name}", rows))
+
+
+def _match_store(features: Path, features_db: Path | None, pairs_path: Path, out: Path, config, overwrite: bool) -> None:
+    from delfi.io.pairs import read_pairs
+    from delfi.match.pipeline import match_pairs
+
+    try:
+        pairs = read_pairs(pairs_path)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    with ProgressBar(len(pairs), "matching", unit="pairs") as bar:
+        try:
+            report = match_pairs(
+                features, pairs, out, config, features_db=features_db, overwrite=overwrite,
+                on_pair=lambda pair, status: bar.advance(f"{pair[0]} {pair[1]}", status),
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise fail(str(exc)) from None
+    counts, inliers = report.matches_per_pair, report.inliers_per_pair
+    rows = [("pairs", f"{report.total} ({report.matched} matched, {report.skipped} already done, {len(report.failures)} failed)")]
+    if counts:
+        rows.append(("matches / pair", f"mean {sum(counts) / len(counts):.0f}, min {min(counts)}, max {max(counts)}"))
+    if inliers:
+        rows.append(("inliers / pair", f"mean {sum(inliers) / len(inliers):.0f}, min {min(inliers)}, max {max(inliers)}"))
+    rows.append(("time", f"{report.seconds:.1f} s"))
+    console = Console()
+    console.print(summary_table(f"delfi match -> {out}", rows))
+    if report.failures:
+        console.print(failures_table("failed pairs", ["image 0", "image 1", "reason"], report.failures))
+    raise typer.Exit(EXIT_FAILED if report.failures else EXIT_OK)

@@ -1,0 +1,232 @@
+"""EVD (Extreme View Dataset) benchmark: mutual-NN matches, RANSAC homography, corner error, success rate.
+
+For each pair: match the two images' descriptors with plain mutual nearest neighbours, estimate a
+homography with RANSAC (`delfi.match.verify.verify`), and measure the mean corner error of the
+estimate against the ground truth on image 1's four corners (`delfi.eval.homography.corner_error`).
+A pair is solved when the corner error is ``<= success_px`` (10 px by default). The summary is the
+success rate, the mean numbers of matches and inliers and the median corner error of solved pairs.
+
+One run of method ``m`` writes into ``out_dir/m/``: ``features.h5`` (the per-image cache, names
+``"1/<name>.png"`` / ``"2/<name>.png"``, so a second run only re-scores), ``results.json`` and, when
+`delfi.viz.matches` is available, one match picture per pair in ``pairs/<name>.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from delfi.datasets.evd import list_pairs, load_pair
+from delfi.eval.homography import corner_error
+from delfi.eval.hpatches_run import Extractor, _nan_to_none, _write_json, ensure_features
+from delfi.match.nn import mutual_nn
+from delfi.types import Features
+
+__all__ = ["EVDPairResult", "EVDReport", "run_evd"]
+
+
+@dataclass
+class EVDPairResult:
+    """The outcome on one EVD pair."""
+
+    name: str
+    n_feats: tuple[int, int]
+    n_matches: int
+    n_inliers: int
+    status: str
+    corner_error: float  # inf when no homography was estimated
+    success: bool
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["n_feats"] = list(self.n_feats)
+        out["corner_error"] = self.corner_error if math.isfinite(self.corner_error) else None
+        return out
+
+
+@dataclass
+class EVDReport:
+    """The outcome of `run_evd`: one `EVDPairResult` per pair plus the run's settings."""
+
+    method: str
+    pairs: list[EVDPairResult] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    n_extracted: int = 0
+    seconds: float = 0.0
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean([p.success for p in self.pairs])) if self.pairs else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        solved = [p.corner_error for p in self.pairs if p.success]
+        return {
+            "method": self.method,
+            "n_pairs": len(self.pairs),
+            "n_solved": len(solved),
+            "success_rate": self.success_rate,
+            "success_px": self.config.get("success_px"),
+            "mean_matches": float(np.mean([p.n_matches for p in self.pairs])) if self.pairs else float("nan"),
+            "mean_inliers": float(np.mean([p.n_inliers for p in self.pairs])) if self.pairs else float("nan"),
+            "median_corner_error_solved": float(np.median(solved)) if solved else float("nan"),
+            "mean_feats": float(np.mean([sum(p.n_feats) / 2 for p in self.pairs])) if self.pairs else float("nan"),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        from delfi import __version__
+
+        out = self.summary()
+        out.update(
+            benchmark="evd",
+            config=self.config,
+            n_extracted=self.n_extracted,
+            seconds=self.seconds,
+            delfi_version=__version__,
+            pairs=[p.to_json() for p in self.pairs],
+        )
+        return _nan_to_none(out)
+
+    def table(self, title: str | None = None) -> Any:
+        """A `rich.table.Table`: one row per pair and a summary row."""
+        from rich.table import Table
+
+        table = Table(title=title or f"EVD: {self.method}")
+        for name, justify in (("pair", "left"), ("feats", "right"), ("matches", "right"), ("inliers", "right"),
+                              ("corner err", "right"), ("solved", "center"), ("status", "left")):  # fmt: skip
+            table.add_column(name, justify=justify)
+        for p in self.pairs:
+            err = f"{p.corner_error:.1f}" if math.isfinite(p.corner_error) else "inf"
+            table.add_row(p.name, f"{p.n_feats[0]}/{p.n_feats[1]}", str(p.n_matches), str(p.n_inliers), err,
+                          "yes" if p.success else "no", p.status)  # fmt: skip
+        s = self.summary()
+        table.add_section()
+        table.add_row(
+            "all", f"{s['mean_feats']:.0f}", f"{s['mean_matches']:.1f}", f"{s['mean_inliers']:.1f}", "",
+            f"{s['n_solved']}/{s['n_pairs']}", f"success rate {s['success_rate']:.3f}",
+        )  # fmt: skip
+        return table
+
+
+def _feature_name(which: int, path: Path) -> str:
+    return f"{which}/{path.name}"
+
+
+def run_evd(
+    root: str | os.PathLike,
+    extract: Extractor | None,
+    out_dir: str | os.PathLike,
+    *,
+    method: str,
+    pairs: Iterable[str] | None = None,
+    ransac_threshold: float = 3.0,
+    seed: int = 0,
+    success_px: float = 10.0,
+    features_path: str | os.PathLike | None = None,
+    max_keypoints: int | None = None,
+    verify_backend: str = "opencv",
+    pictures: bool = True,
+    on_image: Callable[[str, str], None] | None = None,
+) -> EVDReport:
+    """Run the EVD benchmark for one method and write ``out_dir/<method>/results.json``.
+
+    Args:
+        root: the EVD folder (``1/``, ``2/``, ``h/``).
+        extract: ``extract(image_path) -> Features`` for images without cached features, or None.
+        out_dir: results go to ``out_dir/<method>/``.
+        method: the method's name.
+        pairs: pair names to evaluate (default: all, sorted).
+        ransac_threshold: RANSAC inlier threshold in px.
+        seed: RANSAC seed.
+        success_px: a pair is solved when its corner error is ``<= success_px``.
+        features_path: feature store to use instead of ``out_dir/<method>/features.h5``.
+        max_keypoints: use only the best ``max_keypoints`` keypoints per image.
+        pictures: draw ``pairs/<name>.png`` (skipped when `delfi.viz.matches` cannot be imported).
+    """
+    from delfi.io.features import FeatureStore
+    from delfi.match.verify import verify
+
+    started = time.perf_counter()
+    if not method or "/" in method or method in (".", ".."):
+        raise ValueError(f"method must be a plain folder name, got {method!r}")
+    names = list_pairs(root) if pairs is None else [str(p) for p in ([pairs] if isinstance(pairs, str) else pairs)]
+    entries = [load_pair(root, name) for name in names]  # raises naming missing files
+    run_dir = Path(out_dir) / method
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store_path = Path(features_path) if features_path is not None else run_dir / "features.h5"
+    images = {}
+    for e in entries:
+        images[_feature_name(1, e.image1)] = e.image1
+        images[_feature_name(2, e.image2)] = e.image2
+    n_extracted = ensure_features(store_path, images, extract, method=method, on_image=on_image)
+    plot_matches = _plotter() if pictures else None
+
+    results: list[EVDPairResult] = []
+    with FeatureStore(store_path, "r") as store:
+        for e in entries:
+            f1, f2 = (store.get(_feature_name(i, p)) for i, p in ((1, e.image1), (2, e.image2)))
+            if max_keypoints:
+                f1, f2 = f1.top_k(int(max_keypoints)), f2.top_k(int(max_keypoints))
+            results.append(_evaluate_pair(e, f1, f2, verify, ransac_threshold, seed, success_px, verify_backend, plot_matches, run_dir))
+
+    config = {
+        "method": method,
+        "root": str(root),
+        "pairs": names,
+        "features_path": str(store_path),
+        "matcher": "mutual_nn",
+        "ransac_threshold": float(ransac_threshold),
+        "seed": int(seed),
+        "success_px": float(success_px),
+        "verify_backend": verify_backend,
+        "max_keypoints": None if max_keypoints is None else int(max_keypoints),
+        "homography": "h/<name>.txt maps image-1 pixels to image-2 pixels, applied as given",
+    }
+    report = EVDReport(method=method, pairs=results, config=config, out_dir=run_dir, n_extracted=n_extracted)
+    report.seconds = time.perf_counter() - started
+    _write_json(run_dir / "results.json", report.to_json())
+    return report
+
+
+def _evaluate_pair(e, f1: Features, f2: Features, verify, threshold, seed, success_px, backend, plot_matches, run_dir):
+    from delfi.io.images import image_size
+
+    if f1.descriptor_dim != f2.descriptor_dim:
+        raise ValueError(f"pair {e.name}: descriptor dimensions differ ({f1.descriptor_dim} vs {f2.descriptor_dim})")
+    matches = mutual_nn(f1.descriptors, f2.descriptors)
+    verified = verify(f1, f2, matches, geometry="homography", threshold=threshold, seed=seed, backend=backend)
+    size = f1.image_size if min(f1.image_size) > 0 else image_size(e.image1)
+    model = None if verified.model is None else verified.model.detach().cpu().numpy()
+    err = corner_error(model, e.homography, size)
+    result = EVDPairResult(
+        name=e.name, n_feats=(len(f1), len(f2)), n_matches=len(matches), n_inliers=verified.num_inliers,
+        status=str(verified.meta.get("status", "ok")), corner_error=err, success=bool(err <= success_px),
+    )  # fmt: skip
+    if plot_matches is not None:
+        title = f"{e.name}: corner error {err:.1f} px" if math.isfinite(err) else f"{e.name}: no homography"
+        try:
+            plot_matches(e.image1, e.image2, f1, f2, verified, out=run_dir / "pairs" / f"{e.name}.png", title=title)
+        except Exception as error:  # noqa: BLE001 - a picture must never cost the benchmark
+            warnings.warn(f"EVD pair {e.name}: match picture not drawn ({type(error).__name__}: {error})", stacklevel=2)
+    return result
+
+
+def _plotter() -> Callable[..., Any] | None:
+    try:
+        from delfi.viz.matches import plot_matches
+    except ImportError:
+        return None
+
+    def draw(*args: Any, out: Path, **kwargs: Any) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plot_matches(*args, out=out, **kwargs)
+
+    return draw

@@ -1,0 +1,316 @@
+"""Geometric verification of putative matches: robust homography / fundamental / affine fitting.
+
+Backends (all behind `estimate_geometry`; every one is imported lazily, inside the call):
+
+* ``"opencv"`` (default; ``pip install delfi[cv]``): OpenCV's USAC framework configured as MAGSAC++
+  (OpenCV's own ``cv2.USAC_MAGSAC`` preset: uniform sampling, MAGSAC score, sigma-consensus local
+  optimisation with sample size 75 / 15 iterations for H, 50 / 10 otherwise), spelled out as a
+  ``cv2.UsacParams`` because only that form takes a seed. Homography: ``cv2.findHomography``; fundamental:
+  ``cv2.findFundamentalMat`` (7-point minimal solver); affine: ``cv2.estimateAffine2D``, which takes
+  ``UsacParams`` (hence MAGSAC++) in OpenCV >= 4.5; on older builds affine falls back to the classic
+  ``cv2.RANSAC`` (``meta["method"]`` says which ran). Inliers: forward transfer error (H, A) or
+  Sampson distance (F) below ``threshold``.
+* ``"pydegensac"`` (``pip install delfi[ransac]``): DEGENSAC, homography and fundamental only.
+  Homography inliers use the symmetric (max of forward / backward) transfer error, fundamental ones
+  the Sampson distance; DEGENSAC's degeneracy check for F is on; no option is ignored.
+* ``"poselib"`` (``pip install delfi[ransac]``): LO-RANSAC with final Cauchy-loss bundle refinement,
+  homography and fundamental only. ``threshold`` maps to ``max_reproj_error`` (H) or
+  ``max_epipolar_error`` (F, Sampson), ``confidence`` to ``success_prob``, ``max_iters`` to
+  ``max_iterations`` (``min_iterations = min(1000, max_iters)``), ``seed`` to ``seed``.
+
+Determinism: every backend is seeded explicitly, so the same input and seed give bit-identical
+inliers and model. OpenCV: ``UsacParams.randomGeneratorState = seed`` seeds USAC's own generator
+(``cv2.setRNGSeed`` does not reach USAC; it is used only for the legacy ``cv2.RANSAC`` fallback,
+which draws from ``cv2.theRNG()``); ``isParallel`` stays False, so no thread scheduling enters the
+result. pydegensac and poselib take the seed as an argument.
+
+Model conventions (``x1 ~ M x0`` for H and A, ``x1^T F x0 = 0`` for F, delfi pixel coordinates):
+homographies are scaled so ``H[2, 2] == 1``; fundamental matrices to unit Frobenius norm; affine
+maps are returned as ``[[a, b, c], [d, e, f], [0, 0, 1]]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from delfi.types import Features, Matches
+
+__all__ = [
+    "BACKENDS",
+    "GEOMETRIES",
+    "MIN_SAMPLES",
+    "MissingBackendError",
+    "estimate_geometry",
+    "verify",
+]
+
+GEOMETRIES = ("homography", "fundamental", "affine")
+BACKENDS = ("opencv", "pydegensac", "poselib")
+MIN_SAMPLES = {"homography": 4, "fundamental": 8, "affine": 3}
+"""Fewest matches an estimate is attempted on (F: the 7-point solver is minimal, 8 are required)."""
+BACKEND_GEOMETRIES = {"opencv": GEOMETRIES, "pydegensac": GEOMETRIES[:2], "poselib": GEOMETRIES[:2]}
+_EXTRAS = {"opencv": ("cv2", "cv"), "pydegensac": ("pydegensac", "ransac"), "poselib": ("poselib", "ransac")}
+
+
+class MissingBackendError(ImportError):
+    """An optional RANSAC backend is not installed; the message names the extra to install."""
+
+
+def _import_backend(backend: str) -> Any:
+    module, extra = _EXTRAS[backend]
+    try:
+        return __import__(module)
+    except ImportError as err:
+        raise MissingBackendError(
+            f"the {backend!r} RANSAC backend needs the {module!r} module: pip install delfi[{extra}]"
+        ) from err
+
+
+def _check_options(geometry: str, backend: str, threshold: float, confidence: float, max_iters: int, seed: int) -> None:
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if geometry not in BACKEND_GEOMETRIES[backend]:
+        raise ValueError(f"backend {backend!r} supports only {BACKEND_GEOMETRIES[backend]}, got {geometry!r}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0 pixels, got {threshold}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if int(max_iters) < 1:
+        raise ValueError(f"max_iters must be >= 1, got {max_iters}")
+    if not 0 <= int(seed) < 2**31:
+        raise ValueError(f"seed must be in [0, 2**31), got {seed}")
+
+
+def _as_points(points: Any, name: str) -> np.ndarray:
+    """(K, 2) float64 C-contiguous numpy copy of a tensor / array of points."""
+    if isinstance(points, Tensor):
+        points = points.detach().cpu().numpy()
+    arr = np.ascontiguousarray(np.asarray(points, dtype=np.float64))
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name} must be (K, 2), got {arr.shape}")
+    return arr
+
+
+# ----------------------------------------------------------------------------------------- backends
+def _usac_params(cv2: Any, geometry: str, threshold: float, confidence: float, max_iters: int, seed: int) -> Any:
+    """OpenCV's ``USAC_MAGSAC`` preset as explicit `cv2.UsacParams`, plus the seed."""
+    params = cv2.UsacParams()
+    params.threshold = float(threshold)
+    params.confidence = float(confidence)
+    params.maxIterations = int(max_iters)
+    params.sampler = cv2.SAMPLING_UNIFORM
+    params.score = cv2.SCORE_METHOD_MAGSAC
+    params.loMethod = cv2.LOCAL_OPTIM_SIGMA
+    params.loSampleSize = 75 if geometry == "homography" else 50
+    params.loIterations = 15 if geometry == "homography" else 10
+    params.isParallel = False  # parallel USAC depends on thread scheduling
+    params.randomGeneratorState = int(seed)
+    return params
+
+
+@functools.lru_cache(maxsize=None)
+def _affine_takes_usac(cv2: Any) -> bool:
+    """Whether this OpenCV's ``estimateAffine2D`` accepts `UsacParams` (probed once on 6 points)."""
+    if not hasattr(cv2, "UsacParams"):
+        return False
+    pts = np.array([[0, 0], [10, 0], [0, 10], [10, 10], [5, 3], [2, 7]], dtype=np.float64)
+    try:
+        cv2.estimateAffine2D(pts, pts + 1.0, _usac_params(cv2, "affine", 1.0, 0.99, 50, 0))
+    except (cv2.error, TypeError):
+        return False
+    return True
+
+
+def _opencv(p0: np.ndarray, p1: np.ndarray, geometry: str, thr: float, conf: float, iters: int, seed: int):
+    cv2 = _import_backend("opencv")
+    usac = hasattr(cv2, "UsacParams") and (geometry != "affine" or _affine_takes_usac(cv2))
+    if usac:
+        params = _usac_params(cv2, geometry, thr, conf, iters, seed)
+        fn = {"homography": cv2.findHomography, "fundamental": cv2.findFundamentalMat,
+              "affine": cv2.estimateAffine2D}[geometry]  # fmt: skip
+        model, mask = fn(p0, p1, params)
+        return model, mask, "USAC_MAGSAC"
+    cv2.setRNGSeed(int(seed))  # legacy RANSAC draws from cv2.theRNG()
+    if geometry == "homography":
+        model, mask = cv2.findHomography(p0, p1, cv2.RANSAC, thr, maxIters=iters, confidence=conf)
+    elif geometry == "fundamental":
+        model, mask = cv2.findFundamentalMat(p0, p1, cv2.FM_RANSAC, thr, conf, iters)
+    else:
+        model, mask = cv2.estimateAffine2D(p0, p1, method=cv2.RANSAC, ransacReprojThreshold=thr,
+                                           maxIters=iters, confidence=conf)  # fmt: skip
+    return model, mask, "RANSAC"
+
+
+def _pydegensac(p0: np.ndarray, p1: np.ndarray, geometry: str, thr: float, conf: float, iters: int, seed: int):
+    pydegensac = _import_backend("pydegensac")
+    if geometry == "homography":
+        model, mask = pydegensac.findHomography(p0, p1, thr, conf, iters, error_type="symm_max", seed=seed)
+    else:
+        model, mask = pydegensac.findFundamentalMatrix(p0, p1, thr, conf, iters, seed=seed)
+    return model, mask, "DEGENSAC"
+
+
+def _poselib(p0: np.ndarray, p1: np.ndarray, geometry: str, thr: float, conf: float, iters: int, seed: int):
+    poselib = _import_backend("poselib")
+    opts = {"success_prob": conf, "max_iterations": iters, "min_iterations": min(1000, iters), "seed": seed}
+    if geometry == "homography":
+        model, info = poselib.estimate_homography(p0, p1, {**opts, "max_reproj_error": thr})
+    else:
+        model, info = poselib.estimate_fundamental(p0, p1, {**opts, "max_epipolar_error": thr})
+    return model, info.get("inliers"), "LO-RANSAC"
+
+
+_BACKEND_FNS = {"opencv": _opencv, "pydegensac": _pydegensac, "poselib": _poselib}
+
+
+def _normalise(model: Any, geometry: str) -> np.ndarray | None:
+    """(3, 3) float64 model in delfi's convention, or None when missing / non-finite / singular."""
+    if model is None:
+        return None
+    m = np.asarray(model, dtype=np.float64)
+    if geometry == "affine":
+        if m.shape != (2, 3):
+            return None
+        m = np.vstack([m, [0.0, 0.0, 1.0]])
+    elif m.shape != (3, 3):
+        return None  # e.g. an empty result, or several stacked 7-point solutions
+    if not np.all(np.isfinite(m)):
+        return None
+    if geometry == "homography":
+        if abs(m[2, 2]) < 1e-12 * max(np.abs(m).max(), 1e-300):
+            return None
+        m = m / m[2, 2]
+    elif geometry == "fundamental":
+        norm = np.linalg.norm(m)
+        if norm == 0:
+            return None
+        m = m / norm
+    return m
+
+
+def _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend):
+    """`estimate_geometry` plus a status string and the method name."""
+    _check_options(geometry, backend, threshold, confidence, max_iters, seed)
+    p0, p1 = _as_points(p0, "points0"), _as_points(p1, "points1")
+    if p0.shape != p1.shape:
+        raise ValueError(f"points0 and points1 must have the same shape, got {p0.shape} and {p1.shape}")
+    k = p0.shape[0]
+    inliers = np.zeros(k, dtype=bool)
+    finite = np.isfinite(p0).all(1) & np.isfinite(p1).all(1)  # non-finite points are never inliers
+    if int(finite.sum()) < MIN_SAMPLES[geometry]:
+        return None, inliers, "not enough matches", ""
+    fn = _BACKEND_FNS[backend]
+    q0, q1 = np.ascontiguousarray(p0[finite]), np.ascontiguousarray(p1[finite])
+    try:
+        model, mask, method = fn(q0, q1, geometry, float(threshold), float(confidence), int(max_iters), int(seed))
+    except MissingBackendError:
+        raise
+    except Exception:  # noqa: BLE001 - degenerate data make the solvers raise all sorts of errors
+        return None, inliers, "estimation failed", ""
+    model = _normalise(model, geometry)
+    mask = None if mask is None else np.asarray(mask).reshape(-1).astype(bool)
+    if model is None or mask is None or mask.shape[0] != q0.shape[0] or mask.sum() < MIN_SAMPLES[geometry]:
+        return None, inliers, "estimation failed", method
+    inliers[finite] = mask
+    return model, inliers, "ok", method
+
+
+def estimate_geometry(
+    points0: np.ndarray | Tensor,
+    points1: np.ndarray | Tensor,
+    geometry: str = "homography",
+    *,
+    threshold: float = 3.0,
+    confidence: float = 0.9999,
+    max_iters: int = 10000,
+    seed: int = 0,
+    backend: str = "opencv",
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Robustly fit a two-view geometry to correspondences ``points0[k] <-> points1[k]``.
+
+    Args:
+        points0, points1: (K, 2) (x, y) pixel coordinates in the first and second image.
+        geometry: one of `GEOMETRIES`.
+        threshold: inlier threshold in pixels (transfer error for H / A, Sampson distance for F).
+        confidence: RANSAC success probability used by the adaptive stopping rule, in (0, 1).
+        max_iters: upper bound on the number of RANSAC iterations.
+        seed: seed of the backend's random sampler, in [0, 2**31); same seed, same result.
+        backend: one of `BACKENDS` (see the module docstring for how options map).
+
+    Returns:
+        ``(model, inliers)``: (3, 3) float64 model (None when fewer than ``MIN_SAMPLES[geometry]``
+        finite matches were given or the estimation failed) and (K,) bool inlier mask (all False
+        when the model is None). Degenerate input never raises.
+
+    Raises:
+        ValueError: unknown geometry / backend, unsupported combination, bad options or shapes.
+        MissingBackendError: the backend's package is not installed.
+    """
+    model, inliers, _, _ = _estimate(points0, points1, geometry, threshold, confidence, max_iters, seed, backend)
+    return model, inliers
+
+
+def _keypoints(features: Features | Tensor | np.ndarray, name: str) -> np.ndarray:
+    return _as_points(features.keypoints if isinstance(features, Features) else features, name)
+
+
+def verify(
+    features0: Features | Tensor | np.ndarray,
+    features1: Features | Tensor | np.ndarray,
+    matches: Matches,
+    geometry: str = "homography",
+    *,
+    threshold: float = 3.0,
+    confidence: float = 0.9999,
+    max_iters: int = 10000,
+    seed: int = 0,
+    backend: str = "opencv",
+) -> Matches:
+    """Geometrically verify ``matches`` between two keypoint sets (see `estimate_geometry`).
+
+    Args:
+        features0, features1: `Features`, or raw (N0, 2) / (N1, 2) keypoints (tensor or array).
+        matches: `Matches` with (K, 2) ``indices`` into the two keypoint sets.
+        geometry, threshold, confidence, max_iters, seed, backend: as in `estimate_geometry`.
+
+    Returns:
+        A new `Matches` with the same indices and scores plus ``inliers`` (K,) bool, ``model``
+        (3, 3) float64 or None (both on ``matches.indices``' device), ``kind=geometry`` and ``meta``
+        = the input's meta updated with ``status`` ("ok" | "not enough matches" | "estimation
+        failed"), ``num_inliers``, ``required`` (= ``MIN_SAMPLES[geometry]``), ``backend``,
+        ``method``, ``threshold`` and ``seed``.
+    """
+    kp0, kp1 = _keypoints(features0, "features0"), _keypoints(features1, "features1")
+    idx = matches.indices.detach().cpu().numpy().astype(np.int64, copy=False)
+    for side, kp in ((0, kp0), (1, kp1)):
+        if idx.shape[0] and (idx[:, side].min() < 0 or idx[:, side].max() >= kp.shape[0]):
+            raise ValueError(f"matches.indices[:, {side}] out of range for {kp.shape[0]} keypoints")
+    model, inliers, status, method = _estimate(
+        kp0[idx[:, 0]], kp1[idx[:, 1]], geometry, threshold, confidence, max_iters, seed, backend
+    )
+    device = matches.indices.device
+    meta = {
+        **matches.meta,
+        "status": status,
+        "num_inliers": int(inliers.sum()),
+        "required": MIN_SAMPLES[geometry],
+        "backend": backend,
+        "method": method,
+        "threshold": float(threshold),
+        "seed": int(seed),
+    }
+    return Matches(
+        indices=matches.indices,
+        scores=matches.scores,
+        inliers=torch.from_numpy(inliers).to(device),
+        model=None if model is None else torch.from_numpy(model).to(device),
+        kind=geometry,
+        meta=meta,
+    )
