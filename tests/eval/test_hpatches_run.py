@@ -112,16 +112,16 @@ def test_run_hpatches_synthetic_end_to_end(synthetic_hpatches, tmp_path):
     top = run_hpatches(synthetic_hpatches, None, tmp_path / "out", method="perfect", max_keypoints=50, plot=False)
     assert top.result.n_feats == [50] * 12 and top.result.mma(1) == 1.0 and top.result.n_matches == [50] * 10
 
-    # the table: one row per method, comparable with caches and results.json
+    # the table: one column per method (metrics as rows), comparable with caches and results.json
     from rich.console import Console
 
     table = compare_table([report, run_dir / "hpatches.npy", run_dir / "results.json"])
-    assert len(table.rows) == 3 and len(table.columns) == 18
+    assert len(table.columns) == 1 + 3 and len(table.rows) == 3 * 4 + 3 + 2
     console = Console(record=True, width=250)
     console.print(table)
     text = console.export_text()
     assert text.count("perfect") == 3 and "1.000" in text
-    assert len(report.table().rows) == 1
+    assert len(report.table().columns) == 2
     console = Console(record=True, width=250)
     console.print(compare_table({"mine": report}))
     assert "mine" in console.export_text()

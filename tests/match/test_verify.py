@@ -283,3 +283,14 @@ def test_legacy_opencv_ransac_fallback(geometry, monkeypatch):
         cv2.setRNGSeed(123)  # verify re-seeds the global RNG itself
         again = verify(p0, p1, matches, geometry, seed=5)
         assert torch.equal(again.inliers, first.inliers) and torch.equal(again.model, first.model)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_installed_opencv_runs_magsac(geometry):
+    import cv2
+
+    if not hasattr(cv2, "UsacParams"):
+        pytest.skip("OpenCV without USAC")
+    p0, p1, _, _ = make_data(geometry, k=100)
+    m = verify(p0, p1, Matches(torch.arange(100).repeat(2, 1).T, torch.ones(100)), geometry)
+    assert m.meta["method"] == "USAC_MAGSAC" and m.meta["status"] == "ok"

@@ -5,11 +5,12 @@ Backends (all behind `estimate_geometry`; every one is imported lazily, inside t
 * ``"opencv"`` (default; ``pip install delfi[cv]``): OpenCV's USAC framework configured as MAGSAC++
   (OpenCV's own ``cv2.USAC_MAGSAC`` preset: uniform sampling, MAGSAC score, sigma-consensus local
   optimisation with sample size 75 / 15 iterations for H, 50 / 10 otherwise), spelled out as a
-  ``cv2.UsacParams`` because only that form takes a seed. Homography: ``cv2.findHomography``; fundamental:
-  ``cv2.findFundamentalMat`` (7-point minimal solver); affine: ``cv2.estimateAffine2D``, which takes
-  ``UsacParams`` (hence MAGSAC++) in OpenCV >= 4.5; on older builds affine falls back to the classic
-  ``cv2.RANSAC`` (``meta["method"]`` says which ran). Inliers: forward transfer error (H, A) or
-  Sampson distance (F) below ``threshold``.
+  ``cv2.UsacParams`` because only that form takes a seed. Homography: ``cv2.findHomography``;
+  fundamental: ``cv2.findFundamentalMat`` (7-point minimal solver); affine:
+  ``cv2.estimateAffine2D`` with the same ``UsacParams`` when this OpenCV accepts them (probed once;
+  OpenCV 5.0.0, installed here, does), else the classic ``cv2.RANSAC``. OpenCV builds without
+  ``UsacParams`` (< 4.5) run the classic RANSAC for all three; ``meta["method"]`` says which ran.
+  Inliers: forward transfer error (H, A) or Sampson distance (F) below ``threshold``.
 * ``"pydegensac"`` (``pip install delfi[ransac]``): DEGENSAC, homography and fundamental only.
   Homography inliers use the symmetric (max of forward / backward) transfer error, fundamental ones
   the Sampson distance; DEGENSAC's degeneracy check for F is on; no option is ignored.
@@ -40,14 +41,7 @@ from torch import Tensor
 
 from delfi.types import Features, Matches
 
-__all__ = [
-    "BACKENDS",
-    "GEOMETRIES",
-    "MIN_SAMPLES",
-    "MissingBackendError",
-    "estimate_geometry",
-    "verify",
-]
+__all__ = ["BACKENDS", "GEOMETRIES", "MIN_SAMPLES", "MissingBackendError", "estimate_geometry", "verify"]
 
 GEOMETRIES = ("homography", "fundamental", "affine")
 BACKENDS = ("opencv", "pydegensac", "poselib")
@@ -71,7 +65,9 @@ def _import_backend(backend: str) -> Any:
         ) from err
 
 
-def _check_options(geometry: str, backend: str, threshold: float, confidence: float, max_iters: int, seed: int) -> None:
+def _check_options(
+    geometry: str, backend: str, threshold: float, confidence: float, max_iters: int, seed: int
+) -> None:
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
     if backend not in BACKENDS:
@@ -99,7 +95,7 @@ def _as_points(points: Any, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- backends
-def _usac_params(cv2: Any, geometry: str, threshold: float, confidence: float, max_iters: int, seed: int) -> Any:
+def _usac_params(cv2: Any, geometry: str, threshold: float, confidence: float, max_iters: int, seed: int):
     """OpenCV's ``USAC_MAGSAC`` preset as explicit `cv2.UsacParams`, plus the seed."""
     params = cv2.UsacParams()
     params.threshold = float(threshold)
@@ -198,6 +194,7 @@ def _normalise(model: Any, geometry: str) -> np.ndarray | None:
 def _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend):
     """`estimate_geometry` plus a status string and the method name."""
     _check_options(geometry, backend, threshold, confidence, max_iters, seed)
+    seed = int(seed)
     p0, p1 = _as_points(p0, "points0"), _as_points(p1, "points1")
     if p0.shape != p1.shape:
         raise ValueError(f"points0 and points1 must have the same shape, got {p0.shape} and {p1.shape}")
@@ -209,7 +206,7 @@ def _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend)
     fn = _BACKEND_FNS[backend]
     q0, q1 = np.ascontiguousarray(p0[finite]), np.ascontiguousarray(p1[finite])
     try:
-        model, mask, method = fn(q0, q1, geometry, float(threshold), float(confidence), int(max_iters), int(seed))
+        model, mask, method = fn(q0, q1, geometry, float(threshold), float(confidence), int(max_iters), seed)
     except MissingBackendError:
         raise
     except Exception:  # noqa: BLE001 - degenerate data make the solvers raise all sorts of errors
@@ -253,7 +250,7 @@ def estimate_geometry(
         ValueError: unknown geometry / backend, unsupported combination, bad options or shapes.
         MissingBackendError: the backend's package is not installed.
     """
-    model, inliers, _, _ = _estimate(points0, points1, geometry, threshold, confidence, max_iters, seed, backend)
+    model, inliers, *_ = _estimate(points0, points1, geometry, threshold, confidence, max_iters, seed, backend)
     return model, inliers
 
 
