@@ -50,7 +50,9 @@ def run_one(preset: str, weights: str | None, images: list[str], options: dict, 
 
     import delfi
     from delfi.io.images import read_image
+    from delfi.runtime import limit_heap_fragmentation
 
+    limit_heap_fragmentation()  # as the command line does
     torch.set_num_threads(threads)
     model = delfi.models.create(preset, weights=weights, **options)
     decoded = [read_image(p) for p in images]

@@ -44,7 +44,10 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """delfi: learned image features, from pixels to benchmarks."""
+    from delfi.runtime import limit_heap_fragmentation
+
     configure_logging(verbose)
+    limit_heap_fragmentation()
 
 
 def main() -> None:

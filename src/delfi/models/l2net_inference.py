@@ -123,9 +123,14 @@ class L2NetInference:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         return x.float()
 
-    def confidences(self, raw: Tensor) -> tuple[Tensor, Tensor]:
-        """(reliability, repeatability), each (1, 1, h, w), from the raw map."""
-        return self.net.confidences(raw)
+    def confidences(self, raw: Tensor, rows: int = 64) -> tuple[Tensor, Tensor]:
+        """(reliability, repeatability), each (1, 1, h, w), from the raw map.
+
+        Computed ``rows`` rows at a time: the heads square the 128-channel map, and a full-size
+        temporary would raise peak memory by a third.
+        """
+        parts = [self.net.confidences(raw[:, :, r : r + rows]) for r in range(0, raw.shape[-2], rows)]
+        return torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2)
 
     @torch.inference_mode()
     def detect(self, image: Tensor, reliability_threshold: float, repeatability_threshold: float) -> LevelDetections:
