@@ -70,9 +70,23 @@ def test_list_shows_names_and_full_checksums(cli: typer.Typer) -> None:
     assert result.exit_code == 0, result.output
     for info in w.list_weights():
         assert info.name in result.stdout
-        assert info.sha256 in result.stdout
+        assert info.sha256_text in result.stdout
     assert "naver/r2d2" in result.stdout
     assert " yes " not in result.stdout  # fresh DELFI_HOME: nothing cached
+
+
+def test_list_shows_torchvision_backbones_with_prefixes(cli: typer.Typer) -> None:
+    result = runner.invoke(cli, ["weights", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    for name, prefix in (("resnet50-imagenet", "0676ba61"), ("resnet101-imagenet", "63fe2227")):
+        line = next(line for line in lines if name in line)
+        assert f"{prefix}… (prefix)" in line
+        assert "pytorch/vision" in line
+        assert " - " in line  # no preset: a backbone
+        assert "yes" not in line
+    assert "(prefix)" not in next(line for line in lines if "r2d2-wasf-n16" in line)
+    assert "BSD-3-Clause" in result.stdout
 
 
 def test_list_marks_cached_weights(cli: typer.Typer) -> None:

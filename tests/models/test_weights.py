@@ -118,18 +118,68 @@ def _weights_dir_entries() -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_table_has_the_four_r2d2_checkpoints() -> None:
+def test_table_has_the_r2d2_checkpoints_and_torchvision_backbones() -> None:
     names = [i.name for i in w.list_weights()]
-    assert names == ["r2d2-waf-n16", "r2d2-wasf-n16", "r2d2-wasf-n8-big", "faster2d2-wasf-n16"]
+    assert names == [
+        "r2d2-waf-n16",
+        "r2d2-wasf-n16",
+        "r2d2-wasf-n8-big",
+        "faster2d2-wasf-n16",
+        "resnet50-imagenet",
+        "resnet101-imagenet",
+    ]
     for info in w.list_weights():
         assert KNOWN_WEIGHTS[info.name] is info
-        assert re.fullmatch(r"[0-9a-f]{64}", info.sha256)
-        assert info.url == f"https://github.com/naver/r2d2/raw/master/models/{info.filename}"
-        assert info.source == "naver/r2d2"
-        assert "non-commercial" in info.licence
+        if info.source == "naver/r2d2":
+            assert not info.sha256_is_prefix
+            assert re.fullmatch(r"[0-9a-f]{64}", info.sha256)
+            assert info.sha256_text == info.sha256
+            assert info.url == f"https://github.com/naver/r2d2/raw/master/models/{info.filename}"
+            assert "non-commercial" in info.licence
+        else:
+            assert info.source == "pytorch/vision"
+            assert info.sha256_is_prefix
+            assert re.fullmatch(r"[0-9a-f]{8}", info.sha256)
+            assert info.filename.endswith(f"-{info.sha256}.pth")  # torch hub's naming convention
+            assert info.url == f"https://download.pytorch.org/models/{info.filename}"
+            assert info.preset == ""
+            assert "BSD-3-Clause" in info.licence and "ImageNet" in info.licence
     assert KNOWN_WEIGHTS["r2d2-wasf-n16"].sha256.startswith("9ae90e02")
     assert KNOWN_WEIGHTS["r2d2-wasf-n8-big"].preset == "r2d2-n8-big"
     assert KNOWN_WEIGHTS["faster2d2-wasf-n16"].preset == "faster2d2"
+    r50 = KNOWN_WEIGHTS["resnet50-imagenet"]
+    assert (r50.filename, r50.sha256) == ("resnet50-0676ba61.pth", "0676ba61")
+    assert r50.sha256_text == "0676ba61… (prefix)"
+    r101 = KNOWN_WEIGHTS["resnet101-imagenet"]
+    assert (r101.filename, r101.sha256) == ("resnet101-63fe2227.pth", "63fe2227")
+
+
+def test_sha256_matches() -> None:
+    full = KNOWN_WEIGHTS["r2d2-wasf-n16"]
+    assert full.sha256_matches(full.sha256)
+    assert full.sha256_matches(full.sha256.upper())
+    assert not full.sha256_matches(full.sha256[:8])
+    assert not full.sha256_matches(full.sha256[:-1] + "0")
+    prefix = KNOWN_WEIGHTS["resnet50-imagenet"]
+    assert prefix.sha256_matches("0676ba61" + "0" * 56)
+    assert prefix.sha256_matches("0676ba61" + "f" * 56)
+    assert not prefix.sha256_matches("0676ba60" + "0" * 56)
+    assert not prefix.sha256_matches("")
+
+
+def test_table_checks_checksums() -> None:
+    full = KNOWN_WEIGHTS["r2d2-waf-n16"]
+    for bad in ("", "0" * 63, "0" * 65, "g" * 64, "A" * 64):
+        with pytest.raises(ValueError, match="64 lowercase hex digits"):
+            w._index([replace(full, sha256=bad)])
+    prefix = KNOWN_WEIGHTS["resnet50-imagenet"]
+    for bad in ("0676ba6", "", "0676ba6z", "0" * 64):
+        with pytest.raises(ValueError, match="8 to 63"):
+            w._index([replace(prefix, sha256=bad, filename=f"resnet50-{bad}.pth")])
+    with pytest.raises(ValueError, match="does not contain"):
+        w._index([replace(prefix, sha256="0676ba62")])
+    longer = replace(prefix, sha256="0676ba61ab", filename="resnet50-0676ba61ab.pth")
+    assert w._index([longer, full]) == {longer.name: longer, full.name: full}
 
 
 def test_table_rejects_duplicates() -> None:
@@ -255,6 +305,72 @@ def test_checksum_mismatch_leaves_nothing(server: LocalServer, payload: tuple[We
     assert info.url in message
     assert _weights_dir_entries() == []
     assert not w.cached_path(info).exists()
+
+
+def _prefix_info(server: LocalServer, data: bytes, prefix: str) -> WeightsInfo:
+    """A torch-hub-style entry for `data` on the server, expecting sha256 prefix `prefix`."""
+    filename = f"toynet-{prefix}.pth"
+    (server.root / filename).write_bytes(data)
+    return WeightsInfo(
+        name="toynet-imagenet",
+        filename=filename,
+        url=f"{server.url}/{filename}",
+        sha256=prefix,
+        preset="",
+        licence="Toy licence 2.0",
+        source="delfi/tests",
+        description="random bytes named the torch hub way",
+        sha256_is_prefix=True,
+    )
+
+
+def test_prefix_entry_accepts_a_matching_digest(server: LocalServer) -> None:
+    data = os.urandom(200_000)
+    full = hashlib.sha256(data).hexdigest()
+    info = _prefix_info(server, data, full[:8])
+    w._index([info])  # a well-formed entry
+    out = io.StringIO()
+    path = w.download_weights(info, console=Console(file=out, width=300), progress=False)
+    assert path == w.cached_path(info)
+    assert path.read_bytes() == data
+    assert _weights_dir_entries() == [info.filename]
+    assert full in out.getvalue()  # the full digest is printed once known
+    # The cached file is verified against the prefix too: a cache hit, no second request.
+    again = io.StringIO()
+    assert w.download_weights(info, console=Console(file=again), progress=False) == path
+    assert again.getvalue() == ""
+    assert server.count(info.filename) == 1
+
+
+def test_prefix_entry_rejects_another_digest(server: LocalServer) -> None:
+    data = os.urandom(200_000)
+    full = hashlib.sha256(data).hexdigest()
+    wrong = format((int(full[:8], 16) + 1) % 16**8, "08x")
+    info = _prefix_info(server, data, wrong)
+    with pytest.raises(ChecksumError) as err:
+        w.download_weights(info, console=_quiet(), progress=False)
+    message = str(err.value)
+    assert f"a sha256 starting with {wrong}" in message
+    assert full in message  # actual
+    assert info.url in message
+    assert _weights_dir_entries() == []
+    # A corrupt cached file is not trusted either: it is downloaded again and rejected.
+    target = w.cached_path(info)
+    target.write_bytes(data)
+    with pytest.raises(ChecksumError):
+        w.download_weights(info, console=_quiet(), progress=False)
+    assert server.count(info.filename) == 2
+
+
+def test_prefix_entry_messages_show_the_prefix() -> None:
+    info = KNOWN_WEIGHTS["resnet50-imagenet"]
+    with pytest.raises(WeightsNotFoundError) as err:
+        w.resolve_weights("resnet50-imagenet")
+    message = str(err.value)
+    assert "sha256 0676ba61… (prefix)" in message
+    assert str(w.cached_path(info)) in message
+    assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
+    assert "delfi weights download resnet50-imagenet" in message
 
 
 def test_http_404_is_a_download_error(server: LocalServer, payload: tuple[WeightsInfo, bytes]) -> None:

@@ -10,6 +10,7 @@ from delfi.cli import eval as eval_cli
 from delfi.cli import extract as extract_cli
 from delfi.cli import match as match_cli
 from delfi.cli import pairs as pairs_cli
+from delfi.cli import pca as pca_cli
 from delfi.cli import presets as presets_cli
 from delfi.cli import viz as viz_cli
 from delfi.cli import weights as weights_cli
@@ -30,6 +31,7 @@ app.command("match")(match_cli.match)
 app.add_typer(pairs_cli.app, name="pairs")
 app.add_typer(viz_cli.app, name="viz")
 app.add_typer(eval_cli.app, name="eval")
+app.add_typer(pca_cli.app, name="pca")
 
 
 def _version(value: bool) -> None:

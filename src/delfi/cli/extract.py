@@ -32,6 +32,7 @@ def extract(
     export_npz: bool = typer.Option(False, "--export-npz", help="Also write official-format <image>.r2d2 npz files."),
     npz_dir: Optional[Path] = typer.Option(None, "--npz-dir", help="Folder for the npz files (default: beside each image)."),
     half_descriptors: bool = typer.Option(False, "--float16", help="Store descriptors as float16."),
+    bbox_file: Optional[Path] = typer.Option(None, "--bbox-file", help="Crop images to boxes: `name x0 y0 x1 y1` per line."),
 ) -> None:
     """Extract local features of images into a resumable, crash-safe HDF5 store.
 
@@ -49,6 +50,18 @@ def extract(
     if not entries:
         raise fail("no images found in the given inputs")
     model, config = load_model(preset, weights, list(overrides or []) + settings, device)
+    boxes = None
+    if bbox_file is not None:
+        import inspect
+
+        from delfi.extract.extractor import read_bbox_file
+
+        if "bbox" not in inspect.signature(model.extract).parameters:
+            raise fail(f"--bbox-file: the {config.model} extractor does not support query boxes")
+        try:
+            boxes = read_bbox_file(bbox_file)
+        except (OSError, ValueError) as exc:
+            raise fail(str(exc)) from None
 
     stderr_console().print(f"delfi extract: {len(entries)} images, preset [bold]{preset}[/bold], weights {config.weights} -> {out}")
     with ProgressBar(len(entries), "extracting") as bar:
@@ -62,6 +75,7 @@ def extract(
                 descriptor_dtype="float16" if half_descriptors else "float32",
                 export_npz=export_npz,
                 npz_dir=npz_dir,
+                boxes=boxes,
                 on_image=lambda entry, status: bar.advance(entry.name, status),
             )
         except ValueError as exc:  # e.g. the store was made with other settings

@@ -55,10 +55,10 @@ def list_command() -> None:
         cached = w.cached_path(info).is_file()
         table.add_row(
             escape(info.name),
-            escape(info.preset),
+            escape(info.preset or "-"),  # "" = a backbone that no preset loads directly
             escape(info.licence),
             escape(info.source),
-            info.sha256,
+            escape(info.sha256_text),  # "<8+ hex digits>… (prefix)" when only a prefix is known
             "[green]yes[/green]" if cached else "no",
         )
     console.print(table)

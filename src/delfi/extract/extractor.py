@@ -38,12 +38,33 @@ def store_attributes(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     """The file attributes that identify what made a feature store (checked when resuming)."""
     import torch
 
-    return {
+    attrs = {
         "model": getattr(model, "family", type(model).__name__),
         "weights_sha256": getattr(model, "weights_sha256", None) or "none",
         "config": config,
         "torch_version": str(torch.__version__),
     }
+    if config.get("pca"):
+        from delfi.extract.pca import pca_sha256
+
+        attrs["pca_sha256"] = pca_sha256(config["pca"])
+    return attrs
+
+
+def read_bbox_file(path: str | os.PathLike) -> dict[str, tuple[float, float, float, float]]:
+    """Query boxes: ``name x0 y0 x1 y1`` per line (pixels; blank lines and # comments skipped)."""
+    boxes = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        try:
+            if len(words) != 5:
+                raise ValueError
+            boxes[words[0]] = tuple(float(v) for v in words[1:])
+        except ValueError:
+            raise ValueError(f"{path}:{number}: expected 'name x0 y0 x1 y1', got {line!r}") from None
+    return boxes
 
 
 def npz_path_for(entry: ImageEntry, npz_dir: str | os.PathLike | None, tag: str = "r2d2") -> Path:
@@ -64,6 +85,7 @@ def extract_to_store(
     export_npz: bool = False,
     npz_dir: str | os.PathLike | None = None,
     read_image: Callable[[Path], Any] | None = None,
+    boxes: dict[str, tuple[float, float, float, float]] | None = None,
     on_image: Callable[[ImageEntry, str], None] | None = None,
 ) -> ExtractionReport:
     """Extract ``entries`` with ``model.extract`` into the HDF5 store ``out``.
@@ -78,6 +100,8 @@ def extract_to_store(
         out: the feature store path.
         config: the resolved config, stored in the file and compared when resuming.
         overwrite: start a fresh store instead of resuming.
+        boxes: per image name a bounding box (x0, y0, x1, y1): the image is cropped to it before
+            extraction (revisited Oxford / Paris queries), keypoints stay in full-image pixels.
         on_image: called after each image with its status: "done", "skipped" or "failed".
     """
     from delfi.io.images import read_image as default_reader
@@ -92,7 +116,8 @@ def extract_to_store(
                 report.skipped += 1
                 status = "skipped"
             else:
-                status = _extract_one(model, entry, store, reader, report, export_npz, npz_dir)
+                box = (boxes or {}).get(entry.name)
+                status = _extract_one(model, entry, store, reader, report, export_npz, npz_dir, box)
             if on_image is not None:
                 on_image(entry, status)
     report.seconds = time.perf_counter() - started
@@ -100,9 +125,10 @@ def extract_to_store(
     return report
 
 
-def _extract_one(model, entry, store, reader, report, export_npz, npz_dir) -> str:
+def _extract_one(model, entry, store, reader, report, export_npz, npz_dir, box=None) -> str:
     try:
-        features = model.extract(reader(entry.path))
+        image = reader(entry.path)
+        features = model.extract(image) if box is None else model.extract(image, bbox=box)
     except ImageError as exc:
         report.failures.append((entry.name, exc.reason))
         return "failed"

@@ -19,6 +19,8 @@ from delfi.config import ConfigError, build_config, load_preset, parse_overrides
 # model family -> (module, model class, config class)
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "r2d2": ("delfi.models.r2d2", "R2D2", "R2D2Config"),
+    "delf": ("delfi.models.delf", "DELF", "DELFConfig"),
+    "delg": ("delfi.models.delg", "DELG", "DELGConfig"),
 }
 
 
@@ -71,9 +73,10 @@ def create(
     config = resolve_config(preset, overrides)
     model_class, _ = family_classes(config.model)
     model = model_class(config)
-    if load and config.weights:
-        from delfi.models.weights import resolve_weights
+    from delfi.models.weights import resolve_weights
 
-        path, _ = resolve_weights(config.weights)
-        model.load_weights(path)
+    if load and getattr(config, "backbone_weights", None):
+        model.load_backbone(resolve_weights(config.backbone_weights)[0])
+    if load and config.weights:
+        model.load_weights(resolve_weights(config.weights)[0])
     return model.to(device)

@@ -10,7 +10,10 @@ file is fetched from ``<mirror>/<filename>`` (an ``http(s)://`` or ``file://`` U
 Both variables are read at call time, never at import time.
 
 To add weights, append a `WeightsInfo` to `_ENTRIES` (the helpers below keep a family's URL and
-licence in one place).
+licence in one place). An entry normally records the file's full sha256; torchvision's checkpoints
+are only known by the first 8 hex digits that torch hub puts in their names
+(``<arch>-<prefix>.pth``), so such entries set ``sha256_is_prefix=True`` and a download is accepted
+when its digest starts with that prefix (the full digest is printed after the download).
 """
 
 from __future__ import annotations
@@ -66,11 +69,15 @@ class WeightsInfo:
         name: the name users type, e.g. ``"r2d2-wasf-n16"``.
         filename: the file's name in the cache and on mirrors, e.g. ``"r2d2_WASF_N16.pt"``.
         url: the official download URL.
-        sha256: hex sha256 of the file; downloads are verified against it.
-        preset: the delfi preset these weights belong to.
+        sha256: hex sha256 of the file; downloads are verified against it. With
+            `sha256_is_prefix`, only the first hex digits of it (at least 8).
+        preset: the delfi preset these weights belong to, or ``""`` for a backbone that no preset
+            loads directly.
         licence: short licence text, shown before every download.
         source: where the weights come from, e.g. ``"naver/r2d2"``.
         description: one line about what the weights are.
+        sha256_is_prefix: `sha256` is a prefix of the file's digest, not the full digest (e.g.
+            torch hub's ``<arch>-<8 hex digits>.pth`` files, whose full digest is not published).
     """
 
     name: str
@@ -81,6 +88,22 @@ class WeightsInfo:
     licence: str
     source: str
     description: str
+    sha256_is_prefix: bool = False
+
+    def sha256_matches(self, digest: str) -> bool:
+        """Whether a file's hex sha256 `digest` is the expected one (starts with it, for a prefix)."""
+        digest = digest.strip().lower()
+        expected = self.sha256.lower()
+        if self.sha256_is_prefix:
+            return digest.startswith(expected)
+        return digest == expected
+
+    @property
+    def sha256_text(self) -> str:
+        """The expected sha256 for messages: the full digest, or e.g. ``"0676ba61… (prefix)"``."""
+        if self.sha256_is_prefix:
+            return f"{self.sha256}… (prefix)"
+        return self.sha256
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,6 +126,28 @@ def _r2d2(name: str, filename: str, sha256: str, preset: str, description: str) 
         licence=_R2D2_LICENCE,
         source=_R2D2_SOURCE,
         description=description,
+    )
+
+
+_TORCHVISION_SOURCE = "pytorch/vision"
+_TORCHVISION_LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1k (see its terms of use)"
+_TORCHVISION_BASE_URL = "https://download.pytorch.org/models"
+
+
+def _torchvision(name: str, filename: str, description: str) -> WeightsInfo:
+    """A torchvision checkpoint named ``<arch>-<first 8 hex digits of its sha256>.pth`` (torch hub's
+    convention); only that prefix of the digest is known, so it is what downloads are checked against."""
+    stem = filename.rsplit(".", 1)[0]
+    return WeightsInfo(
+        name=name,
+        filename=filename,
+        url=f"{_TORCHVISION_BASE_URL}/{filename}",
+        sha256=stem.rsplit("-", 1)[-1],
+        preset="",
+        licence=_TORCHVISION_LICENCE,
+        source=_TORCHVISION_SOURCE,
+        description=description,
+        sha256_is_prefix=True,
     )
 
 
@@ -136,14 +181,50 @@ _ENTRIES: tuple[WeightsInfo, ...] = (
         "faster2d2",
         "Fast-R2D2 variant of r2d2-wasf-n16",
     ),
+    _torchvision(
+        "resnet50-imagenet",
+        "resnet50-0676ba61.pth",
+        "ResNet-50 ImageNet-1k (torchvision V1, top-1 76.13): DELF/DELG backbone",
+    ),
+    _torchvision(
+        "resnet101-imagenet",
+        "resnet101-63fe2227.pth",
+        "ResNet-101 ImageNet-1k (torchvision V1, top-1 77.37)",
+    ),
 )
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def _check_sha256(info: WeightsInfo) -> None:
+    """Refuse a malformed sha256: 64 hex digits, or for a prefix 8 to 63 found in the filename."""
+    digits = info.sha256
+    is_hex = bool(digits) and set(digits) <= _HEX
+    if info.sha256_is_prefix:
+        if not (is_hex and 8 <= len(digits) <= 63):
+            raise ValueError(
+                f"weights {info.name!r}: a sha256 prefix must be 8 to 63 lowercase hex digits, "
+                f"got {digits!r}"
+            )
+        if digits not in info.filename:
+            raise ValueError(
+                f"weights {info.name!r}: the filename {info.filename!r} does not contain its "
+                f"sha256 prefix {digits!r}"
+            )
+    elif not (is_hex and len(digits) == 64):
+        raise ValueError(
+            f"weights {info.name!r}: the sha256 must be 64 lowercase hex digits, got {digits!r}"
+        )
+
+
 def _index(entries: Iterable[WeightsInfo]) -> dict[str, WeightsInfo]:
-    """Index entries by name, refusing duplicate names or filenames (they share one cache folder)."""
+    """Index entries by name, refusing duplicate names or filenames (they share one cache folder)
+    and malformed checksums (see `_check_sha256`)."""
     table: dict[str, WeightsInfo] = {}
     filenames: set[str] = set()
     for info in entries:
+        _check_sha256(info)
         if info.name in table:
             raise ValueError(f"duplicate weights name {info.name!r}")
         if info.filename in filenames:
@@ -275,7 +356,7 @@ def _manual_install_hint(info: WeightsInfo) -> str:
     mirror_url = download_url(info)
     hint = (
         f"To install the file by hand, download {info.url} and save it as {target} "
-        f"(file {info.filename}, sha256 {info.sha256})."
+        f"(file {info.filename}, sha256 {info.sha256_text})."
     )
     if mirror_url != info.url:
         hint += f" The mirror set in {MIRROR_ENV} serves it at {mirror_url}."
@@ -441,7 +522,7 @@ def download_weights(
         console = _default_console()
 
     if target.is_file() and not force:
-        if sha256_file(target) == info.sha256:
+        if info.sha256_matches(sha256_file(target)):
             return target
         console.print(
             f"The cached file {target} does not match the expected sha256; downloading it again.",
@@ -499,10 +580,15 @@ def download_weights(
             ) from exc
 
         actual = digest.hexdigest()
-        if actual != info.sha256:
+        if not info.sha256_matches(actual):
+            expected = (
+                f"a sha256 starting with {info.sha256}"
+                if info.sha256_is_prefix
+                else f"sha256 {info.sha256}"
+            )
             raise ChecksumError(
                 f"The file downloaded from {url} has sha256 {actual}, but weights {info.name!r} "
-                f"must have sha256 {info.sha256}; it was discarded. The download may be corrupt or "
+                f"must have {expected}; it was discarded. The download may be corrupt or "
                 f"the server may serve a different file: try again, or check the source "
                 f"({MIRROR_ENV} if you use a mirror)."
             )
@@ -513,6 +599,13 @@ def download_weights(
                 f"Downloading weights {info.name!r} succeeded but moving it to {target} failed "
                 f"({exc}). " + _manual_install_hint(info)
             ) from exc
+        if info.sha256_is_prefix:
+            console.print(
+                f"Verified {info.filename}: its sha256 {actual} starts with {info.sha256}.",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
     finally:
         try:
             tmp.unlink(missing_ok=True)

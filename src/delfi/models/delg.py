@@ -1,0 +1,132 @@
+"""DELG (Cao et al., ECCV 2020): one ResNet with a global head (GeM + whitening FC on ``layer4``) and a
+local head (autoencoder + attention on ``layer3``), ALGORITHMS.md section 2.
+
+Local features are extracted as DELF's (7 scales, threshold, box NMS, top-k) with the autoencoder's
+code as descriptor; the global descriptor is aggregated over ``global_scales`` (L2-normalise each,
+sum, L2-normalise). Scales used by both heads run the backbone once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from delfi.extract.delf import DELF_SCALES, DELG_GLOBAL_SCALES, aggregate_global, delf_select
+from delfi.models.delf import AttentionBackbone, StrideIn, validate_backbone
+from delfi.models.heads import AttentionHead, Autoencoder, GeM, Whitening
+from delfi.types import Features
+
+
+@dataclass
+class DELGConfig:
+    """Settings of a DELG extractor (defaults: TF DELG, ResNet-50 trained on GLDv1)."""
+
+    model: str = "delg"
+    weights: Optional[str] = None  # a delfi DELG checkpoint
+    backbone_weights: Optional[str] = None  # ImageNet ResNet state dict (heads random), e.g. for training
+    depth: int = 50
+    stride_in: StrideIn = StrideIn.torchvision
+    extra_pool: bool = False
+    attention_batch_norm: bool = True
+    normalisation: str = "imagenet"
+    max_image_size: int = 1024
+    scales: list[float] = field(default_factory=lambda: list(DELF_SCALES))
+    global_scales: list[float] = field(default_factory=lambda: list(DELG_GLOBAL_SCALES))
+    score_threshold: float = 175.0  # 175 GLDv1 R50; 454.6 GLDv2-clean R50
+    iou_threshold: float = 1.0
+    top_k: int = 1000
+    halve_threshold_if_empty: bool = False
+    local_dim: int = 128  # autoencoder code size (or 1x1 reduction size without autoencoder)
+    autoencoder: bool = True  # False: DELG-pytorch style, attention on layer3 and a 1x1 reduction
+    global_dim: int = 2048
+    gem_p: float = 3.0
+    gem_learnable: bool = False
+    extract_local: bool = True
+    extract_global: bool = True
+    pca: Optional[str] = None
+    pca_dims: int = 40
+    pca_whiten: bool = False
+    pca_renormalise: bool = True
+
+    def validate(self) -> None:
+        from delfi.config import ConfigError
+
+        if self.model != "delg":
+            raise ConfigError(f"model: expected 'delg', got {self.model!r}")
+        if not (self.extract_local or self.extract_global):
+            raise ConfigError("extract_local / extract_global: at least one must be true")
+        validate_backbone(self)
+
+
+class DELG(AttentionBackbone):
+    """DELG extractor: global GeM + whitening on ``layer4``, local autoencoder + attention on ``layer3``."""
+
+    family = "delg"
+
+    def __init__(self, config: DELGConfig | None = None) -> None:
+        config = config or DELGConfig()
+        super().__init__(config)
+        if config.autoencoder:
+            self.autoencoder = Autoencoder(1024, config.local_dim)
+        else:
+            self.reduction = nn.Conv2d(1024, config.local_dim, kernel_size=1)
+        self.attention = AttentionHead(1024, 512, batch_norm=config.attention_batch_norm)
+        self.gem = GeM(config.gem_p, learnable=config.gem_learnable)
+        self.whitening = Whitening(2048, config.global_dim, bias=True, normalize=True)
+        self.eval()
+
+    def local_outputs(self, layer3: Tensor) -> tuple[Tensor, Tensor]:
+        """(attention (B, 1, h, w), local descriptor map (B, local_dim, h, w)) from ``layer3``."""
+        if self.config.autoencoder:
+            code, reconstruction = self.autoencoder(layer3)
+            return self.attention(reconstruction), code
+        return self.attention(layer3), self.reduction(layer3)
+
+    def global_descriptor(self, layer4: Tensor) -> Tensor:
+        """(B, global_dim) L2-normalised global descriptors from ``layer4`` (B, 2048, h, w)."""
+        return self.whitening(self.gem(layer4))
+
+    @torch.inference_mode()
+    def attention_maps(self, image: Any) -> list[tuple[float, Tensor]]:
+        """(scale, attention (h, w)) per local pyramid scale, for pictures."""
+        limited, *_ = self.prepare(image)
+        return [
+            (scale, self.local_outputs(self.layer3(out))[0][0, 0].cpu())
+            for scale, _, out in self.levels(limited, self.config.scales, ("layer3",))
+        ]
+
+    @torch.inference_mode()
+    def extract(self, image: Any, bbox: Optional[tuple[float, float, float, float]] = None) -> Features:
+        """DELG local + global features of one image (or its ``bbox`` crop; keypoints in full-image pixels).
+
+        Returns:
+            `Features` with keypoints (N, 2), scores (N,), descriptors (N, local_dim or pca_dims),
+            scales (N,), global_descriptor (global_dim,).
+        """
+        c = self.config
+        limited, factor, offset, original = self.prepare(image, bbox)
+        local_scales = list(c.scales) if c.extract_local else []
+        global_scales = list(c.global_scales) if c.extract_global else []
+        levels, globals_ = [], []
+        for scale in sorted(set(local_scales) | set(global_scales)):
+            layers = ("layer3", "layer4") if scale in global_scales else ("layer3",)
+            for _, size, out in self.levels(limited, [scale], layers):
+                if scale in local_scales:
+                    attention, descriptors = self.local_outputs(self.layer3(out))
+                    levels.append((scale, attention[0, 0], descriptors[0], size))
+                if scale in global_scales:
+                    globals_.append(self.global_descriptor(out["layer4"])[0])
+        global_descriptor = aggregate_global(globals_) if globals_ else None
+        if not levels:
+            empty = torch.zeros(0, device=self.device)
+            return Features(empty.view(0, 2), empty, empty.view(0, c.local_dim), empty, global_descriptor, original)
+        selected = delf_select(
+            levels, self.local_receptive_field(), (limited.shape[-1], limited.shape[-2]),
+            score_threshold=c.score_threshold, iou_threshold=c.iou_threshold, top_k=c.top_k,
+            halve_threshold_if_empty=c.halve_threshold_if_empty,
+        )  # fmt: skip
+        selected.global_descriptor = global_descriptor
+        return self.finish_local(selected, factor, offset, original)
