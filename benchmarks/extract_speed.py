@@ -23,10 +23,28 @@ import time
 from pathlib import Path
 
 MODES = {
+    # R2D2
     "float32": {"precision": "float32"},
     "bfloat16": {"precision": "bfloat16"},
     "reference": {"fuse_batchnorm": False, "channels_last": False, "tile_pixels": 0},
+    # DELF / DELG: the whole extraction, or only the network forward passes of the pyramid
+    "full": {},
+    "network": {"__network_only__": True},
 }
+DEFAULT_MODES = {"r2d2": "reference,float32,bfloat16", "delf": "network,full", "delg": "network,full"}
+
+
+def network_only(model, image) -> int:
+    """The bare forward passes of a DELF / DELG pyramid (backbone + heads, no selection)."""
+    limited, *_ = model.prepare(image)
+    layers = ("layer3", "layer4") if getattr(model.config, "extract_global", False) else ("layer3",)
+    scales = sorted(set(model.config.scales) | set(getattr(model.config, "global_scales", [])))
+    for _, _, out in model.levels(limited, scales, layers):
+        if hasattr(model, "local_outputs"):
+            model.local_outputs(model.layer3(out))
+        else:
+            model.attention(model.layer3(out))
+    return 0
 
 
 def default_images(size: str, workdir: Path) -> list[str]:
@@ -54,13 +72,16 @@ def run_one(preset: str, weights: str | None, images: list[str], options: dict, 
 
     limit_heap_fragmentation()  # as the command line does
     torch.set_num_threads(threads)
-    model = delfi.models.create(preset, weights=weights, **options)
+    bare = options.pop("__network_only__", False)
+    load = options.pop("__random__", None) is None
+    model = delfi.models.create(preset, weights=weights, load=load, **options)
     decoded = [read_image(p) for p in images]
     model.extract(decoded[0][:, :256, :256])  # warm-up (oneDNN primitive creation)
     counts, started = [], time.perf_counter()
-    for _ in range(repeat):
-        for image in decoded:
-            counts.append(len(model.extract(image)))
+    with torch.inference_mode():
+        for _ in range(repeat):
+            for image in decoded:
+                counts.append(network_only(model, image) if bare else len(model.extract(image)))
     seconds = time.perf_counter() - started
     n = repeat * len(decoded)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
@@ -80,7 +101,8 @@ def main() -> None:
     parser.add_argument("images", nargs="*")
     parser.add_argument("--preset", default="r2d2")
     parser.add_argument("--weights", default=None, help="weights name or path (default: the preset's; random if none)")
-    parser.add_argument("--modes", default="reference,float32,bfloat16")
+    parser.add_argument("--modes", default=None, help="default: reference,float32,bfloat16 (R2D2); network,full (DELF / DELG)")
+    parser.add_argument("--random", action="store_true", help="random weights (DELF / DELG timing without a checkpoint)")
     parser.add_argument("--size", default="1024x768", help="resize of the default image")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -96,8 +118,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = args.images or default_images(args.size, Path(tmp))
         extra = dict(item.split("=", 1) for item in args.set)
+        if args.random:
+            extra["__random__"] = True
+        from delfi.models import resolve_config
+
+        family = resolve_config(args.preset).model
         results = {}
-        for mode in args.modes.split(","):
+        for mode in (args.modes or DEFAULT_MODES[family]).split(","):
             options = {**MODES[mode], **extra}
             command = [sys.executable, __file__, *images, "--preset", args.preset, "--repeat", str(args.repeat),
                        "--threads", str(args.threads), "--child", json.dumps(options)]  # fmt: skip
@@ -106,6 +133,8 @@ def main() -> None:
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[mode] = json.loads(out.strip().splitlines()[-1])
     report = {"preset": args.preset, "weights": args.weights, "images": [Path(p).name for p in images], "results": results}
+    if "network" in results and "full" in results:
+        report["full_over_network_time"] = results["full"]["seconds_per_image"] / results["network"]["seconds_per_image"]
     if "reference" in results:
         base = results["reference"]
         report["speedup_vs_reference"] = {

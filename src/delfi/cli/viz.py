@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 from delfi.cli.common import fail, stderr_console
 
-app = typer.Typer(help="Pictures: matches of a stored pair, keypoints of a stored image.", no_args_is_help=True)
+app = typer.Typer(help="Pictures: matches of a stored pair, keypoints of a stored image, attention maps.", no_args_is_help=True)
 
 
 def _image_path(images: Path, name: str) -> Path:
@@ -66,3 +67,30 @@ def keypoints(
         raise fail(str(exc).strip('"')) from None
     plot_keypoints(picture, found, out=out, color_by=color_by, title=f"{name}: {len(found)} keypoints")
     stderr_console().print(f"{len(found)} keypoints -> {out}")
+
+
+@app.command("attention")
+def attention(
+    image: Path = typer.Argument(..., help="The image."),
+    preset: str = typer.Option("delf", "--preset", "-p", help="A DELF or DELG preset (or YAML file)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint path or known weights name."),
+    out: Path = typer.Option(Path("attention.png"), "--out", "-o"),
+    device: str = typer.Option("cpu", "--device"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
+) -> None:
+    """Attention heatmaps per pyramid scale with the selected keypoints on top."""
+    from delfi.cli.common import load_model
+    from delfi.io.images import ImageError, read_image
+    from delfi.viz.attention import plot_attention
+
+    try:
+        picture = read_image(image)
+    except ImageError as exc:
+        raise fail(str(exc)) from None
+    model, config = load_model(preset, weights, list(overrides or []), device)
+    if not hasattr(model, "attention_maps"):
+        raise fail(f"the {config.model} extractor has no attention maps (use a delf or delg preset)")
+    levels = model.attention_maps(picture)
+    found = model.extract(picture)
+    plot_attention(picture, levels, found, out=out, title=f"{image.name}: {config.model} attention")
+    stderr_console().print(f"{len(levels)} scales, {len(found)} keypoints -> {out}")
