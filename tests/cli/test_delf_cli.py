@@ -53,7 +53,7 @@ def test_pca_fit_then_reduced_extraction(tmp_path, delg_checkpoint):
     assert fitted.exit_code == 0, fitted.output
     reduced = tmp_path / "reduced.h5"
     result = invoke("extract", tmp_path / "train", "--preset", "delg", "--weights", delg_checkpoint, "--out", reduced,
-                    *SMALL, "extract_global=false", f"pca={pca}", "pca_dims=16")  # fmt: skip
+                    *SMALL, "extract_global=false", "--pca", pca, "pca_dims=16")  # fmt: skip
     assert result.exit_code == 0, result.output
     with FeatureStore(reduced) as store:
         assert store["img00.png"].descriptors.shape == (50, 16)

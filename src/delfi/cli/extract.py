@@ -33,6 +33,7 @@ def extract(
     npz_dir: Optional[Path] = typer.Option(None, "--npz-dir", help="Folder for the npz files (default: beside each image)."),
     half_descriptors: bool = typer.Option(False, "--float16", help="Store descriptors as float16."),
     bbox_file: Optional[Path] = typer.Option(None, "--bbox-file", help="Crop images to boxes: `name x0 y0 x1 y1` per line."),
+    pca: Optional[Path] = typer.Option(None, "--pca", help="PCA file from `delfi pca fit` (DELF / DELG; same as pca=FILE)."),
 ) -> None:
     """Extract local features of images into a resumable, crash-safe HDF5 store.
 
@@ -43,6 +44,8 @@ def extract(
     from delfi.io.images import ImageError, collect_images
 
     paths, settings = split_overrides(inputs)
+    if pca is not None:
+        settings.append(f"pca={pca}")
     try:
         entries = collect_images(paths)
     except ImageError as exc:
