@@ -44,6 +44,7 @@ class DELFConfig:
     extra_pool: bool = False  # TF slim's stride-2 subsampling after block3 (stride 32)
     attention_batch_norm: bool = True
     normalisation: str = "imagenet"  # imagenet | tf-delf | unit; a checkpoint's own metadata wins
+    channels_last: bool = True  # oneDNN runs the ResNet ~1.8x faster in this memory layout
     max_image_size: int = 1024  # <= 0: no limit
     scales: list[float] = field(default_factory=lambda: list(DELF_SCALES))
     score_threshold: float = 100.0
@@ -108,6 +109,7 @@ class AttentionBackbone(nn.Module):
         self.normalisation_name = config.normalisation
         self.weights_sha256: str | None = None
         self._pca = None
+        self._memory_format = torch.contiguous_format
         self.eval()
 
     @property
@@ -156,13 +158,18 @@ class AttentionBackbone(nn.Module):
     def levels(self, image: Tensor, scales, layers: tuple[str, ...]):
         """Yield (scale, level size (w, h), {layer: (1, C, h, w)}) for each pyramid scale."""
         normalise = NORMALISATION[self.normalisation_name]
+        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        if self._memory_format != memory_format:  # converts the weights once (loading keeps the layout)
+            self.to(memory_format=memory_format)
+            self._memory_format = memory_format
         height, width = image.shape[-2:]
         for scale in scales:
             size = scaled_size(width, height, scale)
             level = image[None] if size == (width, height) else F.interpolate(
                 image[None], (size[1], size[0]), mode="bilinear", align_corners=False
             )
-            yield scale, size, self.backbone.forward_features(normalise(level), layers=layers)  # TF: bilinear, no antialias
+            level = normalise(level).contiguous(memory_format=memory_format)  # TF: bilinear, no antialias
+            yield scale, size, self.backbone.forward_features(level, layers=layers)
 
     def finish_local(self, features: Features, factor, offset, original) -> Features:
         """Map keypoints from the limited (cropped) image to the original, apply PCA."""

