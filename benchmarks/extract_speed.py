@@ -39,11 +39,12 @@ def network_only(model, image) -> int:
     limited, *_ = model.prepare(image)
     layers = ("layer3", "layer4") if getattr(model.config, "extract_global", False) else ("layer3",)
     scales = sorted(set(model.config.scales) | set(getattr(model.config, "global_scales", [])))
-    for _, _, out in model.levels(limited, scales, layers):
-        if hasattr(model, "local_outputs"):
-            model.local_outputs(model.layer3(out))
-        else:
-            model.attention(model.layer3(out))
+    with model.autocast():
+        for _, _, out in model.levels(limited, scales, layers):
+            if hasattr(model, "local_outputs"):
+                model.local_outputs(model.layer3(out))
+            else:
+                model.attention(model.layer3(out))
     return 0
 
 

@@ -111,3 +111,18 @@ def test_pca_is_applied_from_the_config(tmp_path):
     found = delfi.models.create("delf", load=False, **OPEN, top_k=30, pca=str(path), pca_dims=40).extract(image())
     assert found.descriptors.shape == (30, 40)
     assert torch.allclose(found.descriptors.norm(dim=1), torch.ones(30), atol=1e-5)
+
+
+def test_bfloat16_stays_close_to_float32():
+    common = dict(load=False, **OPEN, scales=[1.0], global_scales=[1.0], top_k=0)
+    full = delfi.models.create("delg", **common)
+    half = delfi.models.create("delg", **common, precision="bfloat16")
+    half.load_state_dict(full.state_dict())
+    a, b = full.extract(image()), half.extract(image())
+    assert b.descriptors.dtype == torch.float32 and len(a) == len(b) == 8 * 6  # every cell kept at threshold 0
+    assert float(torch.dot(a.global_descriptor, b.global_descriptor)) > 0.99
+    order_a, order_b = torch.argsort(a.keypoints[:, 0] * 1000 + a.keypoints[:, 1]), torch.argsort(b.keypoints[:, 0] * 1000 + b.keypoints[:, 1])
+    cosine = (a.descriptors[order_a] * b.descriptors[order_b]).sum(1)
+    assert float(cosine.mean()) > 0.98
+    with pytest.raises(ConfigError, match="precision"):
+        delfi.models.resolve_config("delf", {"precision": "float16"})
