@@ -65,7 +65,7 @@ def keypoints(
         picture = read_image(_image_path(images, name))
     except (KeyError, OSError, ValueError, ImageError) as exc:
         raise fail(str(exc).strip('"')) from None
-    plot_keypoints(picture, found, out=out, color_by=color_by, title=f"{name}: {len(found)} keypoints")
+    plot_keypoints(picture, found, out=out, color_by=color_by, title=name)  # the count is added below the title
     stderr_console().print(f"{len(found)} keypoints -> {out}")
 
 

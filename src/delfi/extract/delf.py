@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -227,17 +227,7 @@ def select_multiscale(
     )
 
 
-def delf_select(
-    levels: Sequence[LevelOutput],
-    rf: ReceptiveField,
-    original_size: tuple[int, int],
-    *,
-    score_threshold: float,
-    iou_threshold: float = 1.0,
-    top_k: int = 1000,
-    halve_threshold_if_empty: bool = False,
-    min_threshold: float = 0.001,
-) -> Features:
+def delf_select(levels: Sequence[LevelOutput], rf: ReceptiveField, original_size: tuple[int, int], **options: Any) -> Features:
     """DELF local features from per-level attention and feature maps.
 
     Per level, keep cells with ``attention >= score_threshold``; with ``halve_threshold_if_empty``
@@ -253,18 +243,11 @@ def delf_select(
     Returns:
         Features sorted by score, descending: keypoints = RF centres, scales = ``rf.size / scale``,
         descriptors L2-normalised (PCA, if any, is the caller's).
+
+    Keyword options are those of `select_multiscale` (``score_threshold``, ``iou_threshold``,
+    ``top_k``, ``halve_threshold_if_empty``, ``min_threshold``).
     """
-    selection = select_multiscale(
-        levels,
-        rf,
-        original_size,
-        score_threshold=score_threshold,
-        iou_threshold=iou_threshold,
-        top_k=top_k,
-        halve_threshold_if_empty=halve_threshold_if_empty,
-        min_threshold=min_threshold,
-    )
-    return selection.to_features(original_size)
+    return select_multiscale(levels, rf, original_size, **options).to_features(original_size)
 
 
 def aggregate_global(descriptors_per_scale: Sequence[Tensor]) -> Tensor:

@@ -313,3 +313,24 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Tru
         else:
             add(p, _direct_name(p))
     return entries
+
+
+def image_to_tensor(image: object) -> torch.Tensor:
+    """Any image a model accepts, as a (3, H, W) float32 RGB tensor in [0, 1].
+
+    Accepts a path, a PIL image, an HxWx3 (or HxW) uint8 / float array, or a (3, H, W) tensor.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_rgb_float(image)
+    if isinstance(image, np.ndarray):
+        array = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
+        return image.float()
+    raise TypeError(f"unsupported image type {type(image).__name__}")

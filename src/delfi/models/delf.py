@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from delfi.extract.delf import DELF_SCALES, crop_query, delf_select, limit_image_size, scaled_size, uncrop_keypoints
+from delfi.io.images import image_to_tensor
 from delfi.extract.receptive import TF_SUBSAMPLE_POOL, receptive_field
 from delfi.models.heads import AttentionHead
 from delfi.models.resnet import NORMALISATION, ResNet, load_imagenet_state_dict
@@ -146,8 +147,6 @@ class AttentionBackbone(nn.Module):
 
     def prepare(self, image: Any, bbox: Optional[tuple[float, float, float, float]] = None):
         """(image (3, H, W) limited to max size, factor to original, crop offset, original size)."""
-        from delfi.models.r2d2 import image_to_tensor
-
         rgb = image_to_tensor(image)
         original = (rgb.shape[-1], rgb.shape[-2])
         offset, limit = (0, 0), self.config.max_image_size if self.config.max_image_size > 0 else None

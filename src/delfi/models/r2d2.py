@@ -14,9 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from delfi.extract.detect import top_k_indices
@@ -24,6 +22,7 @@ from delfi.extract.pyramid import iterate_levels, level_factors, r2d2_levels
 from delfi.models.checkpoints import CheckpointError, load_r2d2_checkpoint
 from delfi.models.l2net import R2D2Net
 from delfi.models.l2net_inference import L2NetInference
+from delfi.io.images import image_to_tensor
 from delfi.types import Features, rescale_keypoints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,28 +86,6 @@ class R2D2Config:
             raise ConfigError(f"min_size/max_size: must be >= 0 / > 0, got {self.min_size}, {self.max_size}")
         if self.tile_pixels < 0:
             raise ConfigError(f"tile_pixels: must be >= 0, got {self.tile_pixels}")
-
-
-def image_to_tensor(image: Any) -> Tensor:
-    """Accept a path, PIL image, HxWx3 uint8/float array or (3, H, W) float tensor in [0, 1]."""
-    if isinstance(image, (str, os.PathLike)):
-        from delfi.io.images import read_image
-
-        return read_image(image)
-    if isinstance(image, Image.Image):
-        from delfi.io.images import pil_to_rgb_float
-
-        return pil_to_rgb_float(image)
-    if isinstance(image, np.ndarray):
-        array = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=2)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-    if isinstance(image, Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
-        return image.float()
-    raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
 class R2D2(nn.Module):
