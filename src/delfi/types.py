@@ -209,3 +209,78 @@ class Matches:
             scores=self.scores[index],
             inliers=None if self.inliers is None else self.inliers[index],
         )
+
+
+@dataclass
+class Ranking:
+    """Ranked database images for each query, before and (optionally) after reranking.
+
+    Attributes:
+        queries: the Q query names.
+        database: the database names that ``indices`` refer to.
+        indices: (Q, K) int64 into ``database``, best first; -1 pads rows shorter than K.
+        scores: (Q, K) float64 ranking score (the global similarity, or the fused score after
+            reranking); NaN where ``indices`` is -1.
+        global_scores: (Q, K) float64 global similarity of each result (kept through reranking),
+            or None.
+        inliers: (Q, K) int64 inlier counts from spatial verification (-1 where not verified),
+            or None before reranking.
+    """
+
+    queries: list[str]
+    database: list[str]
+    indices: np.ndarray
+    scores: np.ndarray
+    global_scores: np.ndarray | None = None
+    inliers: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.queries = [str(q) for q in self.queries]
+        self.database = [str(d) for d in self.database]
+        self.indices = np.asarray(self.indices, dtype=np.int64).reshape(len(self.queries), -1)
+        shape = self.indices.shape
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(shape)
+        if self.global_scores is not None:
+            self.global_scores = np.asarray(self.global_scores, dtype=np.float64).reshape(shape)
+        if self.inliers is not None:
+            self.inliers = np.asarray(self.inliers, dtype=np.int64).reshape(shape)
+        self.validate()
+
+    def validate(self) -> None:
+        if len(set(self.queries)) != len(self.queries):
+            raise ValueError("query names must be unique")
+        if len(set(self.database)) != len(self.database):
+            raise ValueError("database names must be unique")
+        if self.indices.size and (self.indices.min() < -1 or self.indices.max() >= len(self.database)):
+            raise ValueError(f"indices must be in [-1, {len(self.database)}), got [{self.indices.min()}, "
+                             f"{self.indices.max()}]")
+        for q, row in enumerate(self.indices):
+            row = row[row >= 0]
+            if len(np.unique(row)) != len(row):
+                raise ValueError(f"query {self.queries[q]!r} lists a database image twice")
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @property
+    def depth(self) -> int:
+        """K, the number of columns."""
+        return int(self.indices.shape[1])
+
+    def results(self, query: int | str) -> list[tuple[str, float]]:
+        """``(database name, score)`` of one query, best first, padding dropped."""
+        q = self.queries.index(query) if isinstance(query, str) else int(query)
+        return [(self.database[i], float(s)) for i, s in zip(self.indices[q], self.scores[q]) if i >= 0]
+
+    def ranks(self, n_db: int | None = None) -> np.ndarray:
+        """(n_db, Q) int64: column q lists database ids best first, as the revisited Oxford/Paris
+        evaluation expects. Ids missing from a query's row follow in increasing id order (so a
+        truncated ranking is completed deterministically; those positions count as misses)."""
+        n_db = len(self.database) if n_db is None else n_db
+        out = np.empty((n_db, len(self.queries)), dtype=np.int64)
+        for q, row in enumerate(self.indices):
+            row = row[row >= 0]
+            seen = np.zeros(n_db, dtype=bool)
+            seen[row] = True
+            out[:, q] = np.concatenate([row, np.flatnonzero(~seen)])
+        return out

@@ -12,6 +12,8 @@ from delfi.cli import match as match_cli
 from delfi.cli import pairs as pairs_cli
 from delfi.cli import pca as pca_cli
 from delfi.cli import presets as presets_cli
+from delfi.cli import report as report_cli
+from delfi.cli import retrieve as retrieve_cli
 from delfi.cli import viz as viz_cli
 from delfi.cli import weights as weights_cli
 from delfi.cli.common import configure_logging
@@ -32,6 +34,10 @@ app.add_typer(pairs_cli.app, name="pairs")
 app.add_typer(viz_cli.app, name="viz")
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(pca_cli.app, name="pca")
+app.add_typer(retrieve_cli.index_app, name="index")
+app.command("search")(retrieve_cli.search_command)
+app.command("rerank")(retrieve_cli.rerank_command)
+app.command("report")(report_cli.report)
 
 
 def _version(value: bool) -> None:

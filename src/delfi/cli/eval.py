@@ -12,7 +12,7 @@ from rich.console import Console
 
 from delfi.cli.common import ProgressBar, fail, load_model, stderr_console
 
-app = typer.Typer(help="Benchmarks: HPatches (MMA, homography accuracy), EVD.", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: HPatches (MMA, homography accuracy), EVD, revisited Oxford/Paris, place recognition.", no_args_is_help=True)
 
 
 def method_name(preset: str, config) -> str:
@@ -94,3 +94,14 @@ def evd(
         raise fail(str(exc)) from None
     Console().print(report.table())
     stderr_console().print(f"results -> {out / name}/")
+
+
+def _register_retrieval() -> None:
+    from delfi.cli import eval_retrieval
+
+    app.command("revisitop")(eval_retrieval.revisitop)
+    app.command("vpr")(eval_retrieval.vpr)
+    app.command("vpr-sweep")(eval_retrieval.vpr_sweep)
+
+
+_register_retrieval()

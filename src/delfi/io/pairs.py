@@ -147,8 +147,8 @@ def pairs_from_ranking(ranking_path: str | os.PathLike, top_k: int, *, skip_iden
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     ranked: dict[str, list[tuple[float, str]]] = {}
     for number, fields in _lines(ranking_path):
-        if len(fields) != 3:
-            raise _error(ranking_path, number, "expected 'query db score'", fields)
+        if len(fields) not in (3, 5):  # 5: a reranked file (delfi.io.rankings) with global score and inliers
+            raise _error(ranking_path, number, "expected 'query db score [global_score inliers]'", fields)
         score = _parse_score(ranking_path, number, fields)
         if math.isnan(score):
             raise _error(ranking_path, number, "the score is NaN", fields)

@@ -1,0 +1,210 @@
+"""``delfi eval revisitop``, ``delfi eval vpr`` and ``delfi eval vpr-sweep``: retrieval benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from delfi.cli.common import ProgressBar, fail, load_model, stderr_console
+
+
+def _settings(index: str, rerank_k: int, fusion: str, geometry: str, threshold: float, max_distance: float,
+              workers: int, keep_matches: bool):
+    from delfi.eval.retrieval_run import RetrievalSettings
+    from delfi.match.pipeline import MatchingConfig
+    from delfi.retrieval.rerank import RerankConfig
+
+    try:
+        rerank = None if rerank_k <= 0 else RerankConfig(
+            top_k=rerank_k, fusion=fusion, workers=workers,
+            matching=MatchingConfig(mutual=False, max_distance=max_distance, geometry=geometry, threshold=threshold,
+                                    max_iters=1000, seed=0))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return RetrievalSettings(index=index, rerank=rerank, keep_matches=keep_matches)
+
+
+def _model(preset: str, weights: Optional[str], overrides: Optional[List[str]], device: str, skip: bool):
+    from delfi.cli.eval import method_name
+    from delfi.config import config_to_dict
+
+    if skip:
+        return None, None, None
+    model, config = load_model(preset, weights, list(overrides or []), device)
+    return model, config_to_dict(config), method_name(preset, config)
+
+
+def revisitop(
+    dataset: str = typer.Option("roxford5k", "--dataset", "-d", help="roxford5k | rparis6k."),
+    root: Path = typer.Option(..., "--root", help="Data root: <root>/<dataset>/jpg and gnd_<dataset>.pkl."),
+    preset: str = typer.Option("delg", "--preset", "-p"),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default results/<dataset>/<method>)."),
+    index: str = typer.Option("exact", "--index", help="exact | flat | ivfpq (global) | asmk (local descriptors)."),
+    rerank_k: int = typer.Option(100, "--rerank-k", help="Rerank the top K by spatial verification (0: off)."),
+    fusion: str = typer.Option("lexicographic", "--fusion"),
+    geometry: str = typer.Option("affine", "--geometry"),
+    threshold: float = typer.Option(20.0, "--ransac-threshold", help="RANSAC residual threshold (px)."),
+    max_distance: float = typer.Option(1.0, "--max-distance", help="Putative matches: descriptor L2 distance below this."),
+    workers: int = typer.Option(0, "--workers"),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html (queries, results, matches)."),
+    reuse: bool = typer.Option(False, "--reuse-features", help="Use the feature stores already in --out (no model)."),
+    device: str = typer.Option("cpu", "--device"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
+) -> None:
+    """Revisited Oxford / Paris: mAP and mP@1/5/10 for Easy, Medium, Hard, before and after reranking."""
+    from delfi.datasets.revisitop import RevisitOPError
+    from delfi.eval.revisitop_run import run_revisitop
+
+    model, config, method = _model(preset, weights, overrides, device, reuse)
+    out = out or Path("results") / dataset / (method or "features")
+    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report)
+    try:
+        with ProgressBar(None, "extracting / reranking") as bar:
+            result = run_revisitop(root, dataset, out, model=model, config=config, settings=settings,
+                                   on_image=lambda e, s: bar.advance(e.name, s), on_query=lambda q: bar.advance(q, "done"))
+    except (RevisitOPError, FileNotFoundError, ValueError, ImportError) as exc:
+        raise fail(str(exc)) from None
+    Console().print(revisitop_table(result))
+    if report:
+        _report_revisitop(root, dataset, out, result)
+    stderr_console().print(f"results -> {out}/ (results.json, ranking.txt, reranked.txt{', report.html' if report else ''})")
+
+
+def revisitop_table(result) -> Table:
+    table = Table(title=f"{result.dataset}", title_justify="left")
+    table.add_column("ranking")
+    kappas = list(result.before["easy"]["mp@k"])
+    for tag in ("E", "M", "H"):
+        table.add_column(f"mAP {tag}", justify="right")
+    for tag in ("E", "M", "H"):
+        table.add_column(f"mP@{'/'.join(map(str, kappas))} {tag}", justify="right")
+    rows = [("global", result.before)] + ([("reranked", result.after)] if result.after else [])
+    for label, res in rows:
+        maps = [f"{res[p]['map']:.2f}" for p in ("easy", "medium", "hard")]
+        prs = ["/".join(f"{res[p]['mp@k'][k]:.1f}" for k in kappas) for p in ("easy", "medium", "hard")]
+        table.add_row(label, *maps, *prs)
+    return table
+
+
+def _report_revisitop(root: Path, dataset: str, out: Path, result) -> None:
+    from delfi.eval.revisitop_run import dataset_layout, relevance
+    from delfi.datasets.revisitop import load_ground_truth
+    from delfi.cli.report import write_run_report
+
+    images, gnd_path = dataset_layout(root, dataset)
+    summary = {f"mAP {p} {when}": res[p]["map"] for when, res in (("before", result.before), ("after", result.after))
+               if res for p in ("medium", "hard")}
+    write_run_report(out, lambda name: images / f"{name}.jpg", relevance(load_ground_truth(gnd_path)), summary,
+                     title=f"delfi: {dataset}")
+
+
+def vpr(
+    root: Path = typer.Option(..., "--root", help="sf-xs style root: <root>/<split>/{database,queries}."),
+    split: str = typer.Option("test", "--split"),
+    preset: str = typer.Option("vpr-delg", "--preset", "-p"),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default results/vpr/<method>)."),
+    index: str = typer.Option("exact", "--index"),
+    rerank_k: int = typer.Option(100, "--rerank-k", help="Rerank the top K (0: off)."),
+    fusion: str = typer.Option("lexicographic", "--fusion"),
+    geometry: str = typer.Option("affine", "--geometry"),
+    threshold: float = typer.Option(20.0, "--ransac-threshold"),
+    max_distance: float = typer.Option(1.0, "--max-distance"),
+    radius: float = typer.Option(25.0, "--radius", help="Positives: database images within this many metres."),
+    workers: int = typer.Option(0, "--workers"),
+    report: bool = typer.Option(True, "--report/--no-report"),
+    reuse: bool = typer.Option(False, "--reuse-features", help="Use the feature stores already in --out (no model)."),
+    device: str = typer.Option("cpu", "--device"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
+) -> None:
+    """Place recognition: recall@1/5/10/20 before and after reranking, positive rank changes."""
+    from delfi.eval.vpr_run import run_vpr
+
+    model, config, method = _model(preset, weights, overrides, device, reuse)
+    out = out or Path("results") / "vpr" / (method or "features")
+    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report)
+    try:
+        with ProgressBar(None, "extracting / reranking") as bar:
+            result = run_vpr(root, out, split=split, model=model, config=config, settings=settings, radius=radius,
+                             on_image=lambda e, s: bar.advance(e.name, s), on_query=lambda q: bar.advance(q, "done"))
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise fail(str(exc)) from None
+    table = Table(title="recall@N (%)", title_justify="left")
+    table.add_column("ranking")
+    for n in result.recall_before:
+        table.add_column(f"R@{n}", justify="right")
+    table.add_row("global", *(f"{v:.1f}" for v in result.recall_before.values()))
+    if result.recall_after is not None:
+        table.add_row(f"reranked top {rerank_k}", *(f"{v:.1f}" for v in result.recall_after.values()))
+    console = Console()
+    console.print(table)
+    if result.recall_after is not None:
+        s = result.summary()
+        console.print(f"first positive moved up for {s['improved']} queries, down for {s['worse']}, "
+                      f"unchanged for {s['unchanged']} ({s['undefined']} without a positive in the list)")
+    if report:
+        _report_vpr(root, split, out, radius, result)
+    stderr_console().print(f"results -> {out}/")
+
+
+def _report_vpr(root: Path, split: str, out: Path, radius: float, result) -> None:
+    from delfi.cli.report import write_run_report
+    from delfi.eval.vpr_run import _names, ground_truth, vpr_layout
+
+    base, db_paths, q_paths = vpr_layout(root, split)
+    database, queries = _names(base, db_paths), _names(base, q_paths)
+    positives = ground_truth(base, db_paths, q_paths, radius)
+    rel = {q: {"positive": {database[i] for i in p}, "junk": set()} for q, p in zip(queries, positives)}
+    summary = {f"R@{n} before": v for n, v in result.recall_before.items()}
+    summary.update({f"R@{n} after": v for n, v in (result.recall_after or {}).items()})
+    write_run_report(out, lambda name: base / name, rel, summary, title="delfi: place recognition")
+
+
+def vpr_sweep(
+    root: Path = typer.Option(..., "--root"),
+    out: Path = typer.Option(..., "--out", "-o", help="A folder written by `delfi eval vpr` (stores + ranking.txt)."),
+    split: str = typer.Option("test", "--split"),
+    top_k: List[int] = typer.Option([10, 20, 50, 100], "--k", help="K values (repeatable)."),
+    max_distance: List[float] = typer.Option([0.8, 1.0, 1.2], "--max-distance", help="Matching thresholds (repeatable)."),
+    threshold: List[float] = typer.Option([10.0, 20.0, 40.0], "--ransac-threshold", help="RANSAC residuals (repeatable)."),
+    geometry: str = typer.Option("affine", "--geometry"),
+    radius: float = typer.Option(25.0, "--radius"),
+    workers: int = typer.Option(0, "--workers"),
+) -> None:
+    """Sweep K x matching threshold x RANSAC residual on a finished `delfi eval vpr` run: table + plot."""
+    from delfi.eval.vpr import recall_at_n
+    from delfi.eval.vpr_run import _names, ground_truth, plot_sweep, sweep_rerank, vpr_layout
+    from delfi.io.rankings import read_ranking
+    from delfi.match.pipeline import MatchingConfig
+    from delfi.retrieval.rerank import RerankConfig
+
+    base_config = RerankConfig(workers=workers, matching=MatchingConfig(mutual=False, geometry=geometry,
+                                                                        max_iters=1000, seed=0))
+    steps = len(top_k) * len(max_distance) * len(threshold)
+    try:
+        with ProgressBar(steps, "sweeping", unit="settings") as bar:
+            rows = sweep_rerank(root, out, split=split, top_ks=top_k, max_distances=max_distance, thresholds=threshold,
+                                base_config=base_config, radius=radius, on_step=lambda s: bar.advance(s, "done"))
+        base, db_paths, q_paths = vpr_layout(root, split)
+        ranking = read_ranking(out / "ranking.txt", database=_names(base, db_paths))
+        positives = ground_truth(base, db_paths, q_paths, radius)
+        order = {q: i for i, q in enumerate(_names(base, q_paths))}
+        before = recall_at_n(ranking.indices, [positives[order[q]] for q in ranking.queries])
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"reranking sweep (global: R@1 {before[1]:.1f}, R@5 {before[5]:.1f})", title_justify="left")
+    for col in ("K", "match d <", "residual px", "R@1", "R@5", "R@10", "R@20", "s / query"):
+        table.add_column(col, justify="right")
+    best = max(rows, key=lambda r: (r.recall[1], r.recall[5])) if rows else None
+    for r in rows:
+        style = "bold green" if r is best else None
+        table.add_row(str(r.top_k), str(r.max_distance), f"{r.threshold:g}",
+                      *(f"{r.recall[n]:.1f}" for n in (1, 5, 10, 20)), f"{r.seconds_per_query:.2f}", style=style)
+    Console().print(table)
+    picture = plot_sweep(rows, out / "sweep.png", n=1, before=before[1])
+    stderr_console().print(f"sweep -> {out / 'sweep.json'}, {picture}")

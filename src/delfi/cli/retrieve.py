@@ -1,0 +1,178 @@
+"""``delfi index build``, ``delfi search`` and ``delfi rerank``: retrieval from feature stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from delfi.cli.common import EXIT_FAILED, EXIT_OK, ProgressBar, fail, failures_table, stderr_console, summary_table
+
+index_app = typer.Typer(help="Build and inspect retrieval indexes.", no_args_is_help=True)
+
+KINDS = ("exact", "flat", "ivfpq")
+
+
+def _params(settings: list[str] | None) -> dict:
+    """``key=value`` index parameters (values parsed as JSON when possible: numbers, true/false)."""
+    out = {}
+    for item in settings or []:
+        if "=" not in item:
+            raise fail(f"index parameters are key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@index_app.command("build")
+def build(
+    features: Path = typer.Option(..., "--features", "-f", help="Database feature store."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory to write."),
+    kind: str = typer.Option("exact", "--kind", help="Global index: exact | flat | ivfpq (FAISS for flat/ivfpq)."),
+    asmk: bool = typer.Option(False, "--asmk", help="Index the LOCAL descriptors with ASMK instead."),
+    train_size: int = typer.Option(500_000, "--train-size", help="Descriptors used to train IVF-PQ / the ASMK codebook."),
+    params: Optional[list[str]] = typer.Argument(None, help="Index parameters key=value (e.g. nlist=4096 m=64, codebook_size=65536)."),
+) -> None:
+    """Index the global descriptors of a feature store (or its local ones with --asmk)."""
+    from delfi.retrieval.search import MissingDescriptorError, build_index
+
+    if not asmk and kind not in KINDS:
+        raise fail(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not features.exists():
+        raise fail(f"{features}: no such feature store")
+    chosen = "asmk" if asmk else kind
+    try:
+        with ProgressBar(None, "reading", unit="img") as bar:
+            index = build_index(features, out, kind=chosen, params=_params(params), train_size=train_size,
+                                on_item=lambda name: bar.advance(name, "done"))
+    except (MissingDescriptorError, ValueError, TypeError, ImportError, OSError) as exc:
+        raise fail(str(exc)) from None
+    Console().print(summary_table(f"delfi index build -> {out}", [
+        ("kind", chosen), ("images", str(len(index))), ("dim", str(index.dim)),
+    ]))
+
+
+@index_app.command("info")
+def info(index: Path = typer.Argument(..., help="Index directory.")) -> None:
+    """Print an index's meta.json (checksums verified)."""
+    from delfi.retrieval.storage import IndexFormatError, read_index_meta
+
+    try:
+        meta = read_index_meta(index)
+    except IndexFormatError as exc:
+        raise fail(str(exc)) from None
+    Console().print_json(json.dumps(meta))
+
+
+def search_command(
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory (`delfi index build`)."),
+    features: Path = typer.Option(..., "--features", "-f", help="Query feature store."),
+    top_k: int = typer.Option(100, "--top-k", "-k", help="Results per query."),
+    out: Path = typer.Option(Path("ranking.txt"), "--out", "-o", help="Ranking file: `query db score` lines."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists visited per query (IVF-PQ only)."),
+) -> None:
+    """Rank the indexed database for every query of a feature store."""
+    from delfi.io.rankings import write_ranking
+    from delfi.retrieval.search import MissingDescriptorError, search
+    from delfi.retrieval.storage import IndexFormatError, load_index
+
+    if top_k < 1:
+        raise fail(f"--top-k must be >= 1, got {top_k}")
+    if not features.exists():
+        raise fail(f"{features}: no such feature store")
+    try:
+        loaded = load_index(index)
+        if nprobe is not None:
+            if getattr(loaded, "kind", None) != "ivfpq":
+                raise fail("--nprobe applies to an ivfpq index only")
+            loaded.nprobe = nprobe
+        ranking = search(loaded, features, top_k=top_k)
+    except (IndexFormatError, MissingDescriptorError, ValueError, ImportError) as exc:
+        raise fail(str(exc)) from None
+    write_ranking(out, ranking)
+    Console().print(summary_table(f"delfi search -> {out}", [
+        ("queries", str(len(ranking))), ("database", str(len(ranking.database))), ("top-k", str(ranking.depth)),
+    ]))
+
+
+def rerank_command(
+    ranking: Path = typer.Option(..., "--ranking", "-r", help="Ranking file from `delfi search`."),
+    query_features: Path = typer.Option(..., "--query-features", help="Query feature store (local features)."),
+    db_features: Path = typer.Option(..., "--db-features", help="Database feature store (local features)."),
+    top_k: int = typer.Option(100, "--top-k", "-k", help="Verify this many results per query."),
+    out: Path = typer.Option(Path("reranked.txt"), "--out", "-o", help="Reranked ranking file."),
+    fusion: str = typer.Option("lexicographic", "--fusion", help="lexicographic (inliers, global) | weighted | min_inliers."),
+    weight: float = typer.Option(0.01, "--weight", help="weighted: score = global + weight * inliers."),
+    min_inliers: int = typer.Option(10, "--min-inliers", help="min_inliers: verified when >= this many inliers."),
+    geometry: str = typer.Option("affine", "--geometry", "-g", help="affine | homography | fundamental."),
+    threshold: float = typer.Option(20.0, "--threshold", help="RANSAC residual threshold (pixels)."),
+    max_distance: Optional[float] = typer.Option(1.0, "--max-distance", help="Putative matches: L2 descriptor distance below this."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Lowe ratio test (off by default)."),
+    mutual: bool = typer.Option(False, "--mutual/--no-mutual", help="Keep only mutual nearest neighbours."),
+    backend: str = typer.Option("opencv", "--backend"),
+    max_iters: int = typer.Option(1000, "--max-iters"),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", help="Threads (0: one per core)."),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="Pairs file `query db` of results to skip (e.g. junk)."),
+    matches: Optional[Path] = typer.Option(None, "--matches", help="Also keep the verified matches in this match store (for `delfi report`)."),
+) -> None:
+    """Rerank the top-K of each query by local matching + RANSAC (TF DELG defaults)."""
+    from delfi.io.rankings import RankingFormatError, read_ranking, write_ranking
+    from delfi.match.pipeline import MatchingConfig
+    from delfi.retrieval.rerank import RerankConfig, RerankReport, rerank
+    from delfi.retrieval.search import open_store
+
+    try:
+        config = RerankConfig(
+            top_k=top_k, fusion=fusion, weight=weight, min_inliers=min_inliers, workers=workers,
+            matching=MatchingConfig(mutual=mutual, ratio=ratio, max_distance=max_distance, geometry=geometry,
+                                    threshold=threshold, max_iters=max_iters, seed=seed, backend=backend),
+        )  # fmt: skip
+        before = read_ranking(ranking)
+        skip = _exclusions(exclude) if exclude else None
+        qstore, dbstore = open_store(query_features), open_store(db_features)
+    except (RankingFormatError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    report = RerankReport()
+    store = _match_store(matches, config) if matches else None
+    try:
+        with ProgressBar(len(before), "reranking", unit="queries") as bar:
+            after = rerank(before, qstore, dbstore, config, junk=skip, report=report,
+                           on_pair=(lambda q, d, m: store.put(q, d, m)) if store else None,
+                           on_query=lambda q: bar.advance(q, "done"))
+    finally:
+        qstore.close()
+        dbstore.close()
+        if store is not None:
+            store.close()
+    write_ranking(out, after)
+    Console().print(summary_table(f"delfi rerank -> {out}", [
+        ("queries", str(report.queries)), ("pairs verified", str(report.pairs)),
+        ("time", f"{report.seconds:.1f} s ({report.seconds_per_query:.2f} s / query)"),
+    ] + ([("matches", str(matches))] if matches else [])))
+    if report.missing:
+        stderr_console().print(failures_table("images without features (left unverified)", ["name", "reason"],
+                                              [(n, "not in the feature store") for n in sorted(set(report.missing))]))
+    raise typer.Exit(EXIT_FAILED if report.missing else EXIT_OK)
+
+
+def _exclusions(path: Path) -> dict[str, set[str]]:
+    from delfi.io.pairs import read_pairs
+
+    out: dict[str, set[str]] = {}
+    for query, db in read_pairs(path):
+        out.setdefault(query, set()).add(db)
+    return out
+
+
+def _match_store(path: Path, config):
+    from delfi.io.matches import MatchStore
+
+    return MatchStore(path, "w", attrs={"model": "rerank", "weights_sha256": "none",
+                                        "config": {"rerank": config.as_dict()}})

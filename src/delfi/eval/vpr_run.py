@@ -1,0 +1,203 @@
+"""Visual place recognition end to end (sf-xs style): extract, index, search, rerank, recall@N
+before and after, each query's first-positive rank change, and a sweep over the reranking knobs.
+
+Layout: ``<root>/<split>/{database,queries}/@utm_east@utm_north@...@.jpg`` (or ``<root>/{database,
+queries}``). Store names are ``database/<file>`` and ``queries/<file>``; positives are database
+images within ``radius`` metres (25 m, inclusive).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval, write_json
+
+__all__ = ["vpr_layout", "VPRReport", "run_vpr", "sweep_rerank", "SweepRow", "plot_sweep"]
+
+
+def vpr_layout(root: str | os.PathLike, split: str = "test") -> tuple[Path, list[Path], list[Path]]:
+    """``(split folder, database paths, query paths)``, sorted."""
+    from delfi.datasets.vpr import list_split
+
+    root = Path(root)
+    base = root / split if (root / split / "database").is_dir() else root
+    db, queries = list_split(base, "")
+    if not db or not queries:
+        raise FileNotFoundError(f"{base}: no .jpg images in database/ or queries/")
+    return base, db, queries
+
+
+def _names(base: Path, paths: Sequence[Path]) -> list[str]:
+    return [p.relative_to(base).as_posix() for p in paths]
+
+
+@dataclass
+class VPRReport:
+    recall_before: dict[int, float]
+    recall_after: dict[int, float] | None
+    rank_change: dict[str, float | None] = field(default_factory=dict)  # per query: before - after (+ = better)
+    files: dict[str, str] = field(default_factory=dict)
+    extraction: dict[str, Any] = field(default_factory=dict)
+    rerank_seconds_per_query: float = 0.0
+    queries_without_positives: int = 0
+
+    def summary(self) -> dict[str, int]:
+        changes = [v for v in self.rank_change.values() if v is not None]
+        return {"improved": sum(v > 0 for v in changes), "worse": sum(v < 0 for v in changes),
+                "unchanged": sum(v == 0 for v in changes), "undefined": len(self.rank_change) - len(changes)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recall_before": self.recall_before, "recall_after": self.recall_after,
+                "rank_change": self.rank_change, "rank_change_summary": self.summary(), "files": self.files,
+                "extraction": self.extraction, "rerank_seconds_per_query": self.rerank_seconds_per_query,
+                "queries_without_positives": self.queries_without_positives}
+
+
+def ground_truth(base: Path, db_paths: Sequence[Path], q_paths: Sequence[Path], radius: float = 25.0):
+    """Positives (database ids within ``radius`` m) per query."""
+    from delfi.datasets.vpr import utm_array
+    from delfi.eval.vpr import positives_within
+
+    return positives_within(utm_array(db_paths), utm_array(q_paths), radius)
+
+
+def run_vpr(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split: str = "test",
+    model: Any = None,
+    config: dict[str, Any] | None = None,
+    settings: RetrievalSettings | None = None,
+    ns: Sequence[int] = (1, 5, 10, 20),
+    radius: float = 25.0,
+    on_image: Callable | None = None,
+    on_query: Callable[[str], None] | None = None,
+) -> VPRReport:
+    """Recall@N before / after reranking; writes stores, rankings and ``results.json`` to ``out``."""
+    from delfi.eval.vpr import rank_changes, recall_at_n
+    from delfi.io.images import ImageEntry
+
+    base, db_paths, q_paths = vpr_layout(root, split)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    database, queries = _names(base, db_paths), _names(base, q_paths)
+    positives = ground_truth(base, db_paths, q_paths, radius)
+    q_store, db_store = out / "queries.h5", out / "db.h5"
+    extraction: dict[str, Any] = {}
+    if model is not None:
+        started = time.perf_counter()
+        for label, store, paths, names in (("queries", q_store, q_paths, queries), ("database", db_store, db_paths, database)):
+            entries = [ImageEntry(p, n) for p, n in zip(paths, names)]
+            report = extract_images(model, config or {}, entries, store, on_image=on_image)
+            extraction[label] = {"extracted": report.extracted, "skipped": report.skipped, "failures": report.failures}
+        extraction["seconds"] = time.perf_counter() - started
+    settings = settings or RetrievalSettings()
+    rerank_k = settings.rerank.top_k if settings.rerank is not None else 0
+    settings.top_k = max(settings.top_k, max(ns), rerank_k)
+    output = run_retrieval(q_store, db_store, out, settings, queries=queries, database=database, on_query=on_query)
+    before = output.before.indices
+    after = output.after.indices if output.after is not None else None
+    changes = rank_changes(before, after, positives) if after is not None else np.full(len(queries), np.nan)
+    report = VPRReport(
+        recall_at_n(before, positives, ns), recall_at_n(after, positives, ns) if after is not None else None,
+        {q: (None if np.isnan(c) else float(c)) for q, c in zip(queries, changes)} if after is not None else {},
+        output.files, extraction, output.rerank_seconds_per_query, int(sum(len(p) == 0 for p in positives)),
+    )
+    report.files["results"] = str(out / "results.json")
+    write_json(out / "results.json", {**report.to_json(), "settings": settings.as_dict(), "radius_m": radius})
+    return report
+
+
+@dataclass
+class SweepRow:
+    top_k: int
+    max_distance: float | None
+    threshold: float
+    recall: dict[int, float]
+    seconds_per_query: float
+
+
+def sweep_rerank(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split: str = "test",
+    top_ks: Sequence[int] = (10, 20, 50, 100),
+    max_distances: Sequence[float | None] = (0.8, 1.0, 1.2),
+    thresholds: Sequence[float] = (10.0, 20.0, 40.0),
+    base_config: Any = None,
+    ns: Sequence[int] = (1, 5, 10, 20),
+    radius: float = 25.0,
+    on_step: Callable[[str], None] | None = None,
+) -> list[SweepRow]:
+    """Rerank the stored ranking of a `run_vpr` output folder for every (K, matching threshold,
+    RANSAC residual) combination; returns one row per combination (recall@N after reranking).
+
+    The folder must hold ``queries.h5``, ``db.h5`` and ``ranking.txt`` (run `run_vpr` first).
+    """
+    from delfi.eval.vpr import recall_at_n
+    from delfi.io.rankings import read_ranking
+    from delfi.retrieval.rerank import RerankConfig, RerankReport, rerank
+    from delfi.retrieval.search import open_store
+
+    base, db_paths, q_paths = vpr_layout(root, split)
+    out = Path(out)
+    database = _names(base, db_paths)
+    positives = ground_truth(base, db_paths, q_paths, radius)
+    ranking = read_ranking(out / "ranking.txt", database=database)
+    order = {q: i for i, q in enumerate(_names(base, q_paths))}
+    pos = [positives[order[q]] for q in ranking.queries]
+    base_config = base_config or RerankConfig()
+    rows = []
+    qstore, dbstore = open_store(out / "queries.h5"), open_store(out / "db.h5")
+    try:
+        for k, dist, thr in itertools.product(top_ks, max_distances, thresholds):
+            config = replace(base_config, top_k=int(k), matching=replace(base_config.matching, max_distance=dist,
+                                                                         threshold=float(thr)))
+            report = RerankReport()
+            after = rerank(ranking, qstore, dbstore, config, report=report)
+            rows.append(SweepRow(int(k), dist, float(thr), recall_at_n(after.indices, pos, ns), report.seconds_per_query))
+            if on_step is not None:
+                on_step(f"K={k} d<{dist} r={thr}")
+    finally:
+        qstore.close()
+        dbstore.close()
+    write_json(out / "sweep.json", [row.__dict__ for row in rows])
+    return rows
+
+
+def plot_sweep(rows: Sequence[SweepRow], out: str | os.PathLike, n: int = 1, before: float | None = None) -> Path:
+    """Recall@n against K, one line per (matching threshold, residual); the global recall dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    groups: dict[tuple, list[SweepRow]] = {}
+    for row in rows:
+        groups.setdefault((row.max_distance, row.threshold), []).append(row)
+    for (dist, thr), group in sorted(groups.items(), key=lambda g: (g[0][0] is None, g[0][0] or 0, g[0][1])):
+        group = sorted(group, key=lambda r: r.top_k)
+        ax.plot([r.top_k for r in group], [r.recall[n] for r in group], marker="o",
+                label=f"match d < {dist}, residual {thr:g} px")
+    if before is not None:
+        ax.axhline(before, color="black", linestyle="--", label="global only")
+    ax.set_xlabel("K (reranked candidates)")
+    ax.set_ylabel(f"recall@{n} (%)")
+    ax.set_title(f"Reranking sweep: recall@{n}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,327 @@
+"""Global-descriptor indexes: nearest database images by inner product (cosine on L2-normalised vectors).
+
+Kinds (``GlobalIndex.KINDS``):
+
+* ``exact``: the database as a float32 matrix; search is a chunked torch matmul + top-k, then the
+  candidates are re-scored in float64, so results do not depend on the batch size and ties go to the
+  lower id. Needs no FAISS. Memory N x D x 4 bytes (1M x 512: 2 GB); time linear in N (1M x 512 on
+  2 CPU cores, queries batched by 1000: roughly 10 ms per query). The reference, and the right
+  choice up to a few 100k images.
+* ``flat``: ``faiss.IndexFlatIP``. Same results as ``exact`` (float32 scores) and the same memory;
+  sometimes faster for single queries. Needs ``pip install "delfi[index]"``.
+* ``ivfpq``: FAISS IVF-PQ with inner product: ``nlist`` coarse k-means cells, residuals coded by a
+  product quantiser of ``m`` sub-vectors x ``nbits`` bits; a search scans ``nprobe`` cells. Memory
+  about N x (m * nbits / 8 + 8) bytes (1M, m=64: 72 MB), approximate, needs training. ``refine > 0``
+  wraps it in ``faiss.IndexRefineFlat``: ``refine * k`` IVF-PQ candidates are re-scored exactly. That
+  buys recall (PQ alone ranks the close neighbours of a query only roughly) but stores the full
+  float32 vectors again (+ N x D x 4 bytes: no memory saving over ``exact`` any more, only speed).
+  Use it for millions of images, or when the database must fit in a little memory (``refine=0``).
+
+``benchmarks/retrieval_speed.py`` measures speed, memory and recall@100 against ``exact``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from delfi.retrieval.storage import IndexFormatError, read_index_meta, read_names, write_index_dir
+
+__all__ = ["GlobalIndex"]
+
+_SCORE_BUDGET = 1 << 26  # float32 scores held per exact-search chunk (256 MB)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError('the "flat" and "ivfpq" index kinds need FAISS: pip install "delfi[index]"') from exc
+    return faiss
+
+
+def _as_matrix(x: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """(N, D) contiguous float32 from a numpy array, a torch tensor or nested lists."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (N, D) array, got shape {tuple(x.shape)}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{what} have dimension {x.shape[1]} but the index has dimension {dim}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return x
+
+
+class GlobalIndex:
+    """A searchable set of named global descriptors.
+
+    Args:
+        dim: descriptor dimension D.
+        kind: ``"exact"``, ``"flat"`` or ``"ivfpq"`` (see the module docstring).
+        nlist, m, nbits: IVF-PQ cells, PQ sub-vectors (must divide ``dim``) and bits per code.
+        nprobe: IVF-PQ cells scanned per query (default for `search`).
+        refine: IVF-PQ only; > 0 re-scores ``refine * k`` candidates exactly (`faiss.IndexRefineFlat`,
+            which keeps a float32 copy of every vector: + N x D x 4 bytes).
+        seed: k-means / PQ training seed.
+    """
+
+    KINDS = ("exact", "flat", "ivfpq")
+
+    def __init__(self, dim: int, kind: str = "exact", *, nlist: int = 1024, m: int = 64, nbits: int = 8,
+                 nprobe: int = 32, refine: int = 0, seed: int = 0) -> None:  # fmt: skip
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; choose one of {self.KINDS}")
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if kind == "ivfpq":
+            if dim % m:
+                raise ValueError(f"m={m} PQ sub-vectors must divide the dimension {dim}")
+            if min(nlist, m, nbits, nprobe) < 1 or refine < 0:
+                raise ValueError(f"invalid IVF-PQ settings nlist={nlist} m={m} nbits={nbits} nprobe={nprobe} "
+                                 f"refine={refine}")  # fmt: skip
+        self._dim, self._kind = int(dim), kind
+        self.params = {"nlist": int(nlist), "m": int(m), "nbits": int(nbits), "nprobe": int(nprobe),
+                       "refine": int(refine), "seed": int(seed)}  # fmt: skip
+        self._names: list[str] = []
+        self._name_set: set[str] = set()
+        self._vectors = np.zeros((0, self._dim), np.float32)  # exact only
+        self._index = None  # the FAISS index (flat, ivfpq)
+        if kind == "flat":
+            self._index = _faiss().IndexFlatIP(self._dim)
+        elif kind == "ivfpq":
+            faiss = _faiss()
+            index = faiss.index_factory(self._dim, f"IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_INNER_PRODUCT)
+            ivf = faiss.downcast_index(index)
+            ivf.cp.seed = ivf.pq.cp.seed = int(seed)
+            self._index = faiss.IndexRefineFlat(index) if refine else index
+            self._base = index  # keep the wrapped index alive
+
+    # ----------------------------------------------------------------------------------- properties
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def names(self) -> list[str]:
+        """Database names in id order (a copy)."""
+        return list(self._names)
+
+    @property
+    def is_trained(self) -> bool:
+        return self._index is None or bool(self._index.is_trained)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        extra = "" if self._kind == "exact" else f", {self.params}"
+        return f"GlobalIndex(dim={self._dim}, kind={self._kind!r}, n={len(self)}{extra})"
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the vectors / codes (names not counted)."""
+        n, d, p = len(self), self._dim, self.params
+        if self._kind != "ivfpq":
+            return n * d * 4
+        codes = n * (self._base.code_size + 8)  # PQ code + int64 id per vector
+        tables = p["nlist"] * d * 4 + (1 << p["nbits"]) * d * 4  # coarse centroids + PQ codebooks
+        return codes + tables + (n * d * 4 if p["refine"] else 0)
+
+    # ------------------------------------------------------------------------------------- building
+    @classmethod
+    def build(cls, vectors: Any, names: Sequence[str], kind: str = "exact", *, train_vectors: Any = None,
+              **params: Any) -> GlobalIndex:  # fmt: skip
+        """An index of ``vectors`` (N, D) named ``names`` (N); IVF-PQ is trained on ``train_vectors`` or,
+        when None, on a seeded random sample of ``vectors`` (at most max(64 * nlist, 65536) of them)."""
+        vectors = _as_matrix(vectors, "vectors")
+        index = cls(vectors.shape[1], kind, **params)
+        if not index.is_trained:
+            if train_vectors is None:
+                cap = max(64 * index.params["nlist"], 65536)
+                train_vectors = vectors
+                if len(vectors) > cap:
+                    rng = np.random.default_rng(index.params["seed"])
+                    train_vectors = vectors[np.sort(rng.choice(len(vectors), cap, replace=False))]
+            index.train(train_vectors)
+        index.add(vectors, names)
+        return index
+
+    def train(self, vectors: Any) -> None:
+        """Train IVF-PQ (coarse k-means and PQ codebooks) on ``vectors`` (T, D); nothing to do for the
+        other kinds. Needs T >= max(nlist, 2**nbits); FAISS recommends >= 39 * nlist."""
+        vectors = _as_matrix(vectors, "training vectors", self._dim)
+        if self._kind != "ivfpq":
+            return
+        need = max(self.params["nlist"], 1 << self.params["nbits"])
+        if len(vectors) < need:
+            raise ValueError(f"IVF-PQ with nlist={self.params['nlist']}, nbits={self.params['nbits']} needs at least "
+                             f"{need} training vectors (better >= {39 * self.params['nlist']}), got {len(vectors)}")  # fmt: skip
+        self._index.train(vectors)
+
+    def add(self, vectors: Any, names: Sequence[str]) -> None:
+        """Append ``vectors`` (N, D) with their ``names`` (N, unique in the whole index); ids continue
+        from ``len(self)``."""
+        vectors = _as_matrix(vectors, "vectors", self._dim)
+        names = [str(n) for n in names]
+        if len(names) != len(vectors):
+            raise ValueError(f"{len(vectors)} vectors but {len(names)} names")
+        counts = Counter(names)
+        dup = sorted(n for n, c in counts.items() if c > 1 or n in self._name_set)
+        if dup:
+            raise ValueError(f"duplicate names ({len(dup)}): {', '.join(map(repr, dup[:10]))}"
+                             f"{' ...' if len(dup) > 10 else ''}")  # fmt: skip
+        if not self.is_trained:
+            raise ValueError("the IVF-PQ index is not trained: call train() first (or use GlobalIndex.build)")
+        if self._index is None:
+            self._vectors = np.concatenate([self._vectors, vectors]) if len(self._vectors) else vectors.copy()
+        else:
+            self._index.add(vectors)
+        self._names.extend(names)
+        self._name_set.update(names)
+
+    # -------------------------------------------------------------------------------------- search
+    def search(self, queries: Any, k: int, *, batch_size: int = 1024,
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The ``k`` best database vectors of each query by inner product.
+
+        Args:
+            queries: (Q, D) float32, numpy or torch.
+            k: results per query; beyond ``len(self)`` the rows are padded with id -1, score -inf.
+            batch_size: queries searched at once (bounds memory; results do not depend on it).
+            nprobe: IVF-PQ cells to scan (default ``params["nprobe"]``, capped at nlist); ignored by
+                the other kinds.
+
+        Returns:
+            scores (Q, k) float32, descending, and ids (Q, k) int64 (indexes into `names`).
+            ``exact`` breaks ties by the lower id. IVF-PQ may return fewer than k results (-1 / -inf)
+            when the scanned cells hold fewer vectors.
+        """
+        q = _as_matrix(queries, "queries", self._dim)
+        if int(k) < 1 or batch_size < 1:
+            raise ValueError(f"k and batch_size must be positive, got k={k}, batch_size={batch_size}")
+        if not self.is_trained:
+            raise ValueError("the IVF-PQ index is not trained: call train() and add() before searching")
+        k = int(k)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        kk = min(k, len(self))
+        if kk == 0:
+            return scores, ids
+        params = self._faiss_params(nprobe)
+        for start in range(0, len(q), batch_size):
+            batch = q[start : start + batch_size]
+            if self._index is None:
+                s, i = self._search_exact(batch, kk)
+            else:
+                s, i = self._index.search(batch, kk, params=params)
+                s[i < 0] = -np.inf
+            scores[start : start + len(batch), :kk], ids[start : start + len(batch), :kk] = s, i
+        return scores, ids
+
+    def _faiss_params(self, nprobe: int | None):
+        if self._kind != "ivfpq":
+            return None
+        faiss = _faiss()
+        nprobe = self.params["nprobe"] if nprobe is None else int(nprobe)
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be positive, got {nprobe}")
+        ivf = faiss.SearchParametersIVF(nprobe=min(nprobe, self.params["nlist"]))
+        if not self.params["refine"]:
+            return ivf
+        return faiss.IndexRefineSearchParameters(k_factor=float(self.params["refine"]), base_index_params=ivf)
+
+    def _search_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of (B, D) queries, 1 <= k <= N. BLAS matmul results differ in the last bits with
+        the batch shape, so the matmul only selects k + margin candidates; these are re-scored in
+        float64 (exact products, one fixed summation order) and sorted by (score desc, id asc)."""
+        x, qt = torch.from_numpy(self._vectors), torch.from_numpy(q)
+        n = len(x)
+        kc = min(n, k + max(16, k // 4))
+        chunk = max(4096, _SCORE_BUDGET // len(q))
+        best_s = best_i = None
+        for start in range(0, n, chunk):
+            s, i = torch.topk(qt @ x[start : start + chunk].T, min(kc, min(chunk, n - start)), dim=1)
+            i += start
+            if best_s is not None:
+                s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+                s, order = torch.topk(s, min(kc, s.shape[1]), dim=1)
+                i = i.gather(1, order)
+            best_s, best_i = s, i
+        cand = best_i.numpy()
+        exact = np.empty(cand.shape, np.float64)
+        q64 = q.astype(np.float64)
+        for start in range(0, len(q), 64):  # bounded memory: 64 x kc x D float64
+            rows = slice(start, start + 64)
+            exact[rows] = np.einsum("bkd,bd->bk", self._vectors[cand[rows]].astype(np.float64), q64[rows])
+        order = np.lexsort((cand, -exact), axis=1)[:, :k]
+        return np.take_along_axis(exact, order, 1).astype(np.float32), np.take_along_axis(cand, order, 1)
+
+    # --------------------------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index directory (``names.txt``, ``vectors.npy`` or ``index.faiss``, ``meta.json``)."""
+
+        def write_files(tmp: Path) -> None:
+            if self._index is None:
+                np.save(tmp / "vectors.npy", self._vectors, allow_pickle=False)
+            else:
+                _faiss().write_index(self._index, str(tmp / "index.faiss"))
+
+        config = {"metric": "inner_product", **self.params}
+        return write_index_dir(path, self._kind, self._dim, self._names, config, write_files)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, verify: bool = True, meta: dict[str, Any] | None = None) -> GlobalIndex:
+        """Read an index directory written by `save` (checksums verified unless ``verify=False``;
+        ``meta``: an already read ``meta.json``).
+
+        Raises:
+            IndexFormatError: naming the file that is missing, corrupted or inconsistent.
+        """
+        root = Path(path)
+        meta = read_index_meta(root, verify=verify) if meta is None else meta
+        kind, dim, count = meta["kind"], int(meta["dim"]), int(meta["count"])
+        if kind not in cls.KINDS:
+            raise IndexFormatError(f"{root / 'meta.json'}: kind {kind!r} is not a global index kind {cls.KINDS}")
+        params = {key: meta["config"][key] for key in ("nlist", "m", "nbits", "nprobe", "refine", "seed")
+                  if key in meta["config"]}  # fmt: skip
+        index = cls(dim, kind, **params)
+        names = read_names(root, count)
+        file = root / ("vectors.npy" if kind == "exact" else "index.faiss")
+        if not file.is_file():
+            raise IndexFormatError(f"{file}: missing")
+        if kind == "exact":
+            try:
+                vectors = np.load(file, allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise IndexFormatError(f"{file}: not a readable .npy file ({exc})") from None
+            if vectors.dtype != np.float32 or vectors.shape != (count, dim):
+                raise IndexFormatError(f"{file}: {vectors.dtype} {vectors.shape}, meta.json says float32 "
+                                       f"({count}, {dim})")  # fmt: skip
+            index._vectors = np.ascontiguousarray(vectors)
+        else:
+            faiss = _faiss()
+            try:
+                loaded = faiss.read_index(str(file))
+            except RuntimeError as exc:
+                raise IndexFormatError(f"{file}: FAISS cannot read it ({str(exc).strip().splitlines()[-1]})") from None
+            if loaded.ntotal != count or loaded.d != dim:
+                raise IndexFormatError(f"{file}: {loaded.ntotal} vectors of dim {loaded.d}, meta.json says "
+                                       f"{count} of dim {dim}")  # fmt: skip
+            index._index = faiss.downcast_index(loaded)
+            if kind == "ivfpq":
+                index._base = faiss.downcast_index(index._index.base_index) if index.params["refine"] else index._index
+        if len(set(names)) != len(names):
+            raise IndexFormatError(f"{root / 'names.txt'}: duplicate names")
+        index._names, index._name_set = names, set(names)
+        return index
