@@ -144,7 +144,7 @@ def rerank_command(
     try:
         with ProgressBar(len(before), "reranking", unit="queries") as bar:
             after = rerank(before, qstore, dbstore, config, junk=skip, report=report,
-                           on_pair=(lambda q, d, m: store.put(q, d, m)) if store else None,
+                           on_pair=(lambda q, d, m: store.put(q, d, m)) if store is not None else None,
                            on_query=lambda q: bar.advance(q, "done"))
     finally:
         qstore.close()

@@ -103,7 +103,7 @@ def run_retrieval(
     qstore, dbstore = open_store(query_store), open_store(db_store)
     try:
         after = rerank(before, qstore, dbstore, settings.rerank, junk=junk, report=report, on_query=on_query,
-                       on_pair=(lambda q, d, m: match_store.put(q, d, m)) if match_store else None)
+                       on_pair=(lambda q, d, m: match_store.put(q, d, m)) if match_store is not None else None)
     finally:
         qstore.close()
         dbstore.close()

@@ -30,14 +30,21 @@ from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from delfi.retrieval.storage import IndexFormatError, read_index_meta, read_names, write_index_dir
+from delfi.retrieval.storage import (
+    IndexFormatError,
+    read_index_meta,
+    read_names,
+    write_index_dir,
+)
 
 __all__ = ["ASMKIndex"]
 
@@ -48,7 +55,7 @@ _FILES = ("codebook.npy", "ivf_vecs.npy", "ivf_image_ids.npy", "ivf_offsets.npy"
           "ivf_norm_factor.npy")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _asmk() -> SimpleNamespace:
     """Import asmk / faiss on first use and define the subclasses that need them."""
     try:
@@ -323,11 +330,11 @@ class ASMKIndex:
                 np.save(tmp / name, np.ascontiguousarray(arr), allow_pickle=False)
 
         config = {**self.config, "hamming_normalization": "true_dim" if self.binary else None,
-                  "empty_images": int(self._empty.sum()), "vectors": int(len(imids))}
+                  "empty_images": int(self._empty.sum()), "vectors": len(imids)}
         return write_index_dir(path, KIND, self.dim, self._names, config, write)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = True, meta: dict[str, Any] | None = None) -> "ASMKIndex":
+    def load(cls, path: str | os.PathLike, *, verify: bool = True, meta: dict[str, Any] | None = None) -> ASMKIndex:
         """Load an index written by `save` (checksums checked when ``verify``).
 
         Raises:
@@ -357,7 +364,8 @@ class ASMKIndex:
         offsets, idf, norm = arr["ivf_offsets.npy"], arr["ivf_idf.npy"], arr["ivf_norm_factor.npy"]
         m = len(imids)
         checks = [("codebook.npy", cdb.shape == (K, D) and cdb.dtype == np.float32, f"({K}, {D}) float32"),
-                  ("ivf_vecs.npy", vecs.shape == (m, width) and vecs.dtype == vdtype, f"({m}, {width}) {vdtype.__name__}"),
+                  ("ivf_vecs.npy", vecs.shape == (m, width) and vecs.dtype == vdtype,
+                   f"({m}, {width}) {vdtype.__name__}"),
                   ("ivf_image_ids.npy", imids.ndim == 1 and imids.dtype == np.int64
                    and (m == 0 or (imids.min() >= 0 and imids.max() < n)), f"(M,) int64 in [0, {n})"),
                   ("ivf_offsets.npy", offsets.shape == (K + 1,) and offsets.dtype == np.int64 and offsets[0] == 0
@@ -370,8 +378,8 @@ class ASMKIndex:
                 raise IndexFormatError(f"{root / name}: expected {expected}, got {a.shape} {a.dtype}")
         index._set_codebook(cdb)
         counts = np.diff(offsets).astype(np.int32)
-        ivf_vecs = [vecs[a:b] if b > a else None for a, b in zip(offsets[:-1], offsets[1:])]
-        ivf_imids = [imids[a:b] if b > a else None for a, b in zip(offsets[:-1], offsets[1:])]
+        ivf_vecs = [vecs[a:b] if b > a else None for a, b in pairwise(offsets)]
+        ivf_imids = [imids[a:b] if b > a else None for a, b in pairwise(offsets)]
         index._ivf = _asmk().IVF(norm_factor=norm, n_images=np.int64(n), ivf_vecs=ivf_vecs, ivf_image_ids=ivf_imids,
                                  counts=counts, idf=idf, imid_offset=0, use_idf=index.use_idf)
         index._names = names

@@ -30,6 +30,7 @@ import math
 import numbers
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,16 +111,18 @@ def _thumbnail(path: Path | None, size: int) -> str | None:
     if path is None:
         return None
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at a reduced scale, much faster
-            img = ImageOps.exif_transpose(img)
-            if img.mode not in ("RGB", "L"):
-                img = img.convert("RGBA") if "transparency" in img.info else img
-                img = img.convert("RGB")
-            img.thumbnail((size, size), Image.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            img.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
-    except Exception:  # missing, unreadable, corrupt, too large...: the card shows a placeholder
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the draft keeps it small
+            with Image.open(path) as img:
+                img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at a reduced scale, much faster
+                img = ImageOps.exif_transpose(img)
+                if img.mode not in ("RGB", "L"):
+                    img = img.convert("RGBA") if "transparency" in img.info else img
+                    img = img.convert("RGB")
+                img.thumbnail((size, size), Image.Resampling.LANCZOS)
+                buffer = io.BytesIO()
+                img.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    except Exception:  # noqa: BLE001 -- missing, unreadable, corrupt, too large...: a placeholder
         return None
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -139,7 +142,7 @@ class _Thumbs:
                 try:
                     found = self.image_path(name)
                     path = None if found is None else Path(found)
-                except Exception:
+                except Exception:  # noqa: BLE001 -- e.g. a KeyError from a dict lookup: a placeholder
                     path = None
             data = _thumbnail(path, self.size)
             cls = None
@@ -217,8 +220,8 @@ def _card(rank: int, name: str, score: float, ctx: dict[str, Any]) -> tuple[str,
     thumbs: _Thumbs = ctx["thumbs"]
     label = _label(name, ctx["truth"])
     record: dict[str, Any] = {"rank": rank, "name": name, "score": _finite(score), "label": label}
-    lines = [f'<div class="line"><span class="rank">#{rank}</span>'
-             f'<span class="num" title="score">{_number(score)}</span></div>']
+    lines = [(f'<div class="line"><span class="rank">#{rank}</span>'
+              f'<span class="num" title="score">{_number(score)}</span></div>')]
     if label is not None:
         lines.append(f'<div class="label">{LABELS[label]}</div>')
     lines.append(f'<div class="name">{html.escape(name)}</div>')

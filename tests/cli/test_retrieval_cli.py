@@ -1,0 +1,94 @@
+"""`delfi index build`, `delfi search`, `delfi rerank` on a synthetic scene."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("cv2")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+from retrieval_scene import make_scene, write_store  # noqa: E402
+
+from delfi.io.rankings import read_ranking  # noqa: E402
+
+from .conftest import invoke  # noqa: E402
+
+
+@pytest.fixture
+def stores(tmp_path):
+    queries, db, truth = make_scene()
+    return write_store(tmp_path / "q.h5", queries), write_store(tmp_path / "db.h5", db), truth
+
+
+def test_build_search_rerank(tmp_path, stores):
+    q, db, truth = stores
+    result = invoke("index", "build", "--features", db, "--out", tmp_path / "db.index")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "db.index" / "meta.json").read_text())
+    assert meta["kind"] == "exact" and meta["count"] == 15 and "names.txt" in meta["files"]
+
+    result = invoke("search", "--index", tmp_path / "db.index", "--features", q, "--top-k", 5, "--out", tmp_path / "r.txt")
+    assert result.exit_code == 0, result.output
+    ranking = read_ranking(tmp_path / "r.txt")
+    assert ranking.queries == ["q0", "q1", "q2"] and ranking.depth == 5
+    assert all(ranking.results(qn)[0][0] == f"{qn}_lookalike" for qn in ranking.queries)
+
+    result = invoke("rerank", "--ranking", tmp_path / "r.txt", "--query-features", q, "--db-features", db,
+                    "--top-k", 5, "--out", tmp_path / "rr.txt", "--matches", tmp_path / "m.h5")
+    assert result.exit_code == 0, result.output
+    assert "pairs verified" in result.output
+    after = read_ranking(tmp_path / "rr.txt")
+    for qn in after.queries:
+        top2 = {name for name, _ in after.results(qn)[:2]}
+        assert top2 == set(truth[qn])
+    assert after.inliers is not None and after.global_scores is not None
+
+    from delfi.io.matches import MatchStore
+
+    with MatchStore(tmp_path / "m.h5") as store:
+        assert ("q0", truth["q0"][0]) in store
+        assert store.get("q0", truth["q0"][0]).num_inliers >= 50
+
+
+def test_rerank_reports_missing_features(tmp_path, stores):
+    q, db, _ = stores
+    ranking = tmp_path / "r.txt"
+    ranking.write_text("q0 nowhere 0.9\nq0 other1 0.5\n")
+    result = invoke("rerank", "--ranking", ranking, "--query-features", q, "--db-features", db, "--out", tmp_path / "rr.txt")
+    assert result.exit_code == 1
+    assert "nowhere" in result.output
+    assert read_ranking(tmp_path / "rr.txt").depth == 2  # the rest was still written
+
+
+def test_usage_errors(tmp_path, stores):
+    q, db, _ = stores
+    result = invoke("index", "build", "--features", tmp_path / "none.h5", "--out", tmp_path / "i")
+    assert result.exit_code == 2 and "no such feature store" in result.output
+    result = invoke("index", "build", "--features", db, "--out", tmp_path / "i", "--kind", "hnsw")
+    assert result.exit_code == 2 and "--kind" in result.output
+    result = invoke("search", "--index", tmp_path / "missing", "--features", q)
+    assert result.exit_code == 2 and "not an index directory" in result.output
+    bad = tmp_path / "bad.txt"
+    bad.write_text("q0 other1\n")
+    result = invoke("rerank", "--ranking", bad, "--query-features", q, "--db-features", db)
+    assert result.exit_code == 2 and "bad.txt:1" in result.output
+    result = invoke("rerank", "--ranking", bad, "--query-features", q, "--db-features", db, "--fusion", "max")
+    assert result.exit_code == 2 and "fusion" in result.output
+
+
+def test_local_only_store_needs_asmk(tmp_path, stores):
+    from delfi.io.features import FeatureStore
+
+    q, db, _ = stores
+    local = tmp_path / "local.h5"
+    with FeatureStore(db) as src, FeatureStore(local, "w", attrs={"model": "x", "weights_sha256": "none", "config": {}}) as dst:
+        for name in src.names():
+            f = src[name]
+            f.global_descriptor = None
+            dst.put(name, f)
+    result = invoke("index", "build", "--features", local, "--out", tmp_path / "i")
+    assert result.exit_code == 2 and "--asmk" in result.output
