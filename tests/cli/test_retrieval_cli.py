@@ -92,3 +92,19 @@ def test_local_only_store_needs_asmk(tmp_path, stores):
             dst.put(name, f)
     result = invoke("index", "build", "--features", local, "--out", tmp_path / "i")
     assert result.exit_code == 2 and "--asmk" in result.output
+
+
+def test_asmk_index_over_local_descriptors(tmp_path, stores):
+    pytest.importorskip("asmk")
+    q, db, truth = stores
+    result = invoke("index", "build", "--features", db, "--out", tmp_path / "asmk.index", "--asmk", "codebook_size=32")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "asmk.index" / "meta.json").read_text())["kind"] == "asmk"
+    result = invoke("search", "--index", tmp_path / "asmk.index", "--features", q, "--top-k", 3, "--out", tmp_path / "r.txt")
+    assert result.exit_code == 0, result.output
+    ranking = read_ranking(tmp_path / "r.txt")
+    # local descriptors shared with the query make its positives the two best ASMK matches
+    for qn in ranking.queries:
+        assert {name for name, _ in ranking.results(qn)[:2]} == set(truth[qn])
+    result = invoke("index", "build", "--features", db, "--out", tmp_path / "big.index", "--asmk", "codebook_size=100000")
+    assert result.exit_code == 2 and "codebook" in result.output.lower()

@@ -168,6 +168,25 @@ def test_report_without_extras(tmp_path):
         write_report(tmp_path / "r.html", ranking, top_n=0)
 
 
+def test_thumbnails_exif_and_16_bit(tmp_path):
+    """Thumbnails follow the EXIF orientation and scale 16-bit images like delfi.io.images."""
+    import base64
+    import io
+
+    rotated = Image.new("RGB", (80, 40), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: displayed 40 wide, 80 high
+    rotated.save(tmp_path / "rot.jpg", exif=exif)
+    Image.fromarray(np.full((30, 30), 32768, np.uint16)).save(tmp_path / "deep.png")  # mid grey
+    files = {"rot": tmp_path / "rot.jpg", "deep": tmp_path / "deep.png"}
+    ranking = Ranking(["rot"], ["deep"], [[0]], [[0.5]])
+    text = write_report(tmp_path / "r.html", ranking, image_path=files.get, thumb_size=32).read_text("utf-8")
+    rot, deep = (Image.open(io.BytesIO(base64.b64decode(b)))
+                 for b in re.findall(r"base64,([A-Za-z0-9+/=]+)", text))
+    assert rot.size == (16, 32)
+    assert abs(int(np.asarray(deep.convert("L")).mean()) - 128) <= 3
+
+
 def _empty_ranking() -> Ranking:
     """Ranking's constructor cannot reshape a (0, 0) array, so build the empty one by hand."""
     ranking = Ranking.__new__(Ranking)

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 from PIL import Image, ImageOps
 
+from delfi.io.images import pil_to_rgb_float
 from delfi.types import Ranking
 
 __all__ = ["write_report"]
@@ -116,7 +118,10 @@ def _thumbnail(path: Path | None, size: int) -> str | None:
             with Image.open(path) as img:
                 img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at a reduced scale, much faster
                 img = ImageOps.exif_transpose(img)
-                if img.mode not in ("RGB", "L"):
+                if img.mode in ("I", "F") or img.mode.startswith("I;16"):  # delfi's scaling, not clipping
+                    rgb = pil_to_rgb_float(img).permute(1, 2, 0).numpy()
+                    img = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8))
+                elif img.mode not in ("RGB", "L"):
                     img = img.convert("RGBA") if "transparency" in img.info else img
                     img = img.convert("RGB")
                 img.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -261,6 +266,7 @@ def _section(q: int, ranking: Ranking, ctx: dict[str, Any], top_n: int) -> tuple
     ctx = {**ctx, "query": query, "truth": None, "before": ctx["before_index"].get(query) if ctx["has_before"] else None}
     if ctx["relevance"] is not None:
         ctx["truth"] = ctx["relevance"].get(query)
+    query_thumb = ctx["thumbs"].html(query)  # first, so the CSS lists thumbnails in page order
     all_results = ranking.results(q)
     columns = [k for k, idx in enumerate(ranking.indices[q]) if idx >= 0]
     cards, records = [], []
@@ -278,7 +284,7 @@ def _section(q: int, ranking: Ranking, ctx: dict[str, Any], top_n: int) -> tuple
                else '<p class="empty">no results for this query</p>')
     name = html.escape(query)
     section = (f'<section class="query" id="q{q}" data-name="{name}"><div class="qside">'
-               f'{ctx["thumbs"].html(query)}<h2><a href="#q{q}">{name}</a></h2>'
+               f'{query_thumb}<h2><a href="#q{q}">{name}</a></h2>'
                f'<div class="stats">{len(all_results)} results, top {min(top_n, len(all_results))} shown</div>'
                f'{stats}</div>{results}</section>')
     return section, {"name": query, "results": records}
@@ -337,8 +343,9 @@ def write_report(
     Args:
         out: the ``.html`` file to write (its folder is created; written atomically).
         ranking: the final (e.g. reranked) ranking.
-        image_path: maps a query or database name to its image file; None, a missing or an
-            unreadable file gives a placeholder box with the name.
+        image_path: maps a query or database name to its image file; None (or an exception
+            from it), a missing or an unreadable file gives a placeholder box with the name.
+            Each name is looked up and encoded once, however many lists it appears in.
         before: the ranking before reranking: cards then show "rank before → after" and the
             global score (``ranking.global_scores`` when present, else the score in ``before``).
         relevance: per query ``{"positive": names, "junk": names}``; results are marked positive,
