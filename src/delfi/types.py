@@ -237,7 +237,9 @@ class Ranking:
     def __post_init__(self) -> None:
         self.queries = [str(q) for q in self.queries]
         self.database = [str(d) for d in self.database]
-        self.indices = np.asarray(self.indices, dtype=np.int64).reshape(len(self.queries), -1)
+        indices = np.asarray(self.indices, dtype=np.int64)
+        depth = indices.shape[-1] if indices.ndim == 2 else (0 if indices.size == 0 else -1)
+        self.indices = indices.reshape(len(self.queries), depth)
         shape = self.indices.shape
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(shape)
         if self.global_scores is not None:

@@ -48,9 +48,13 @@ def oxford_root(tmp_path):
 def test_eval_revisitop_end_to_end(tmp_path, oxford_root):
     out = tmp_path / "res"
     result = invoke("eval", "revisitop", "--root", oxford_root, "--dataset", "roxford5k", "--preset", "delg",
-                    "--out", out, "--rerank-k", 3, "--no-report", *TINY_DELG)
+                    "--out", out, "--rerank-k", 3, *TINY_DELG)
     assert result.exit_code == 0, result.output
     assert "mAP M" in result.output and "reranked" in result.output
+    page = (out / "report.html").read_text()
+    assert "query0" in page and "query1" in page and "positive" in page
+    pictures = sorted((out / "matches").glob("*.png"))
+    assert pictures and all(f'href="matches/{p.name}"' in page for p in pictures)
     saved = json.loads((out / "results.json").read_text())
     for key in ("before", "after"):
         assert set(saved[key]) == {"easy", "medium", "hard"}

@@ -108,3 +108,28 @@ def test_asmk_index_over_local_descriptors(tmp_path, stores):
         assert {name for name, _ in ranking.results(qn)[:2]} == set(truth[qn])
     result = invoke("index", "build", "--features", db, "--out", tmp_path / "big.index", "--asmk", "codebook_size=100000")
     assert result.exit_code == 2 and "codebook" in result.output.lower()
+
+
+def test_report_command(tmp_path, stores):
+    from retrieval_scene import write_images
+
+    q, db, truth = stores
+    write_images(tmp_path / "photos", ["q0", "q1", "q2"] + [f"q{i}_pos{k}" for i in range(3) for k in range(2)])
+    assert invoke("index", "build", "--features", db, "--out", tmp_path / "i").exit_code == 0
+    assert invoke("search", "--index", tmp_path / "i", "--features", q, "--top-k", 5, "--out", tmp_path / "r.txt").exit_code == 0
+    assert invoke("rerank", "--ranking", tmp_path / "r.txt", "--query-features", q, "--db-features", db, "--top-k", 5,
+                  "--out", tmp_path / "rr.txt", "--matches", tmp_path / "m.h5").exit_code == 0
+    result = invoke("report", "--ranking", tmp_path / "rr.txt", "--before", tmp_path / "r.txt", "--images",
+                    tmp_path / "photos", "--matches", tmp_path / "m.h5", "--query-features", q, "--db-features", db,
+                    "--top-n", 4, "--out", tmp_path / "out" / "report.html")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert all(name in page for name in ("q0_pos0", "q1_pos1", "q2_pos0"))
+    assert "data:image/jpeg;base64," in page  # thumbnails embedded
+    pictures = list((tmp_path / "out" / "report_matches").glob("*.png"))
+    names = {p.name for p in pictures}
+    # at most 3 per query, and each query's two positives (ranked first after reranking) are drawn
+    assert len(pictures) <= 9 and {f"q{i}__q{i}_pos{k}.png" for i in range(3) for k in range(2)} <= names
+    result = invoke("report", "--ranking", tmp_path / "rr.txt", "--images", tmp_path / "photos", "--matches",
+                    tmp_path / "m.h5", "--out", tmp_path / "x.html")
+    assert result.exit_code == 2 and "--query-features" in result.output

@@ -78,3 +78,12 @@ def test_validation():
         Ranking(["q"], ["a"], [[3]], [[1.0]])
     with pytest.raises(ValueError, match="whitespace"):
         write_ranking("/tmp/never.txt", Ranking(["q x"], ["a"], [[0]], [[1.0]]))
+
+
+def test_empty_ranking_file(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("# no results\n")
+    r = read_ranking(path)
+    assert len(r) == 0 and r.indices.shape == (0, 0)
+    write_ranking(tmp_path / "again.txt", r)
+    assert len(read_ranking(tmp_path / "again.txt")) == 0

@@ -101,6 +101,7 @@ class GlobalIndex:
             index = faiss.index_factory(self._dim, f"IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_INNER_PRODUCT)
             ivf = faiss.downcast_index(index)
             ivf.cp.seed = ivf.pq.cp.seed = int(seed)
+            ivf.do_polysemous_training = False  # the factory's default; minutes of training, unused here
             self._index = faiss.IndexRefineFlat(index) if refine else index
             self._base = index  # keep the wrapped index alive
 
