@@ -58,7 +58,7 @@ def clustered():
 @pytest.fixture(scope="module")
 def ivfpq(clustered):
     db = clustered[0]
-    return GlobalIndex.build(db, _names(len(db)), "ivfpq", nlist=64, m=16, nprobe=8)
+    return GlobalIndex.build(db, _names(len(db)), "ivfpq", nlist=64, m=16, nprobe=8, refine=0)
 
 
 # ----------------------------------------------------------------------------------------- exact
@@ -109,6 +109,18 @@ def test_exact_ties_go_to_the_lower_id():
     np.testing.assert_array_equal(ids[0], np.arange(7))
 
 
+def test_exact_ties_across_database_chunks(monkeypatch):
+    monkeypatch.setattr("delfi.retrieval.index._SCORE_BUDGET", 1)  # chunks of 4096 database rows
+    base = _unit(np.random.default_rng(5), 5, 8)
+    db = np.tile(base, (2000, 1))  # 10000 rows in 3 chunks, 2000 copies of each vector
+    index = GlobalIndex.build(db, _names(len(db)))
+    scores, ids = index.search(base[[2, 4]], 1000)
+    np.testing.assert_array_equal(ids, [2 + 5 * np.arange(1000), 4 + 5 * np.arange(1000)])
+    s1, i1 = index.search(base[[2, 4]], 1000, batch_size=1)
+    np.testing.assert_array_equal(i1, ids)
+    np.testing.assert_array_equal(s1, scores)
+
+
 # ------------------------------------------------------------------------------------------- faiss
 def test_flat_equals_exact(small):
     pytest.importorskip("faiss")
@@ -126,23 +138,41 @@ def test_ivfpq_recall(clustered, ivfpq):
     assert ivfpq.is_trained and len(ivfpq) == 20_000 and ivfpq.kind == "ivfpq"
     scores, ids = ivfpq.search(q, 10)
     assert (np.diff(scores, axis=1) <= 0).all() and (ids >= 0).all()
-    # measured 0.78 (PQ16x8 codes on 64-D: the code, not the cells, limits recall); threshold with margin
-    assert _recall(ids, truth) >= 0.7
+    # measured 0.62 for seeds 0-2 (at any nprobe >= 4: the PQ16x8 code on 64-D limits recall, not the
+    # cells); exact re-scoring (refine) is what lifts it, see below
+    assert _recall(ids, truth) >= 0.55
+    np.testing.assert_array_equal(ivfpq.search(q, 10, nprobe=8)[1], ids)
+    assert _recall(ivfpq.search(q, 10, nprobe=1)[1], truth) < _recall(ids, truth)
 
 
-def test_ivfpq_nprobe_override_does_not_lower_recall(clustered, ivfpq):
+@pytest.fixture(scope="module")
+def refined(clustered):
+    db = clustered[0]
+    return GlobalIndex.build(db, _names(len(db)), "ivfpq", nlist=64, m=16, nprobe=4, refine=8, refine_type="flat",
+                             train_vectors=db[:10_000])  # fmt: skip
+
+
+def test_ivfpq_nprobe_override_does_not_lower_recall(clustered, refined):
     _, q, truth = clustered
-    recalls = [_recall(ivfpq.search(q, 10, nprobe=p)[1], truth) for p in (1, 4, 16, 64)]
+    recalls = [_recall(refined.search(q, 10, nprobe=p)[1], truth) for p in (1, 4, 16, 64, 1000)]
     assert recalls == sorted(recalls) and recalls[0] < recalls[-1], recalls
-    np.testing.assert_array_equal(ivfpq.search(q, 10, nprobe=8)[1], ivfpq.search(q, 10)[1])
+    np.testing.assert_array_equal(refined.search(q, 10, nprobe=4)[1], refined.search(q, 10)[1])
 
 
-def test_ivfpq_with_refine_and_all_cells_is_exact(clustered):
+@pytest.mark.parametrize("refine_type, min_recall", [("flat", 0.99), ("sq8", 0.97)])
+def test_ivfpq_with_refine_and_all_cells_is_nearly_exact(clustered, refined, refine_type, min_recall):
     db, q, truth = clustered
-    index = GlobalIndex.build(db, _names(len(db)), "ivfpq", nlist=64, m=16, nprobe=64, refine=8)
-    _, ids = index.search(q, 10)
-    assert _recall(ids, truth) >= 0.99
-    assert index.memory_bytes() > len(db) * 64 * 4  # refine keeps the float32 vectors
+    if refine_type == "flat":
+        index = refined
+    else:  # measured 0.985: the 8-bit copy is not exact
+        index = GlobalIndex.build(db, _names(len(db)), "ivfpq", nlist=64, m=16, refine=8, refine_type=refine_type,
+                                  train_vectors=db[:10_000])  # fmt: skip
+    scores, ids = index.search(q, 10, nprobe=64)
+    assert _recall(ids, truth) >= min_recall  # flat: measured 0.998-1.0
+    assert (np.diff(scores, axis=1) <= 0).all()
+    codes = len(db) * (16 + 8)
+    per_vector = {"flat": 64 * 4, "sq8": 64}[refine_type]
+    assert codes + len(db) * per_vector <= index.memory_bytes() < codes + len(db) * per_vector + 200_000
 
 
 def test_ivfpq_training_errors():
@@ -166,7 +196,7 @@ def test_save_load_round_trip(kind, small, tmp_path):
     if kind != "exact":
         pytest.importorskip("faiss")
     db, q = small
-    params = {"nlist": 16, "m": 8, "nprobe": 4, "refine": 2} if kind == "ivfpq" else {}
+    params = {"nlist": 16, "m": 8, "nprobe": 4, "refine": 2, "refine_type": "fp16"} if kind == "ivfpq" else {}
     index = GlobalIndex.build(db, _names(len(db)), kind, **params)
     path = index.save(tmp_path / "idx")
     meta = json.loads((path / "meta.json").read_text())
@@ -212,7 +242,7 @@ def test_missing_meta_or_file_raises(small, tmp_path):
 
 
 def test_save_replaces_an_existing_index(small, tmp_path):
-    db, q = small
+    db, _ = small
     GlobalIndex.build(db[:10], _names(10)).save(tmp_path / "idx")
     GlobalIndex.build(db, _names(len(db), "new")).save(tmp_path / "idx")
     loaded = GlobalIndex.load(tmp_path / "idx")

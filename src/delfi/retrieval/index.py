@@ -5,27 +5,44 @@ Kinds (``GlobalIndex.KINDS``):
 * ``exact``: the database as a float32 matrix; search is a chunked torch matmul + top-k, then the
   candidates are re-scored in float64, so results do not depend on the batch size and ties go to the
   lower id. Needs no FAISS. Memory N x D x 4 bytes (1M x 512: 2 GB); time linear in N (1M x 512 on
-  2 CPU cores, queries batched by 1000: roughly 10 ms per query). The reference, and the right
-  choice up to a few 100k images.
-* ``flat``: ``faiss.IndexFlatIP``. Same results as ``exact`` (float32 scores) and the same memory;
-  sometimes faster for single queries. Needs ``pip install "delfi[index]"``.
+  2 CPU cores: ~9 ms per query in batches of 1000, ~130 ms for a single query). The reference.
+* ``flat``: ``faiss.IndexFlatIP``: the results of ``exact`` (float32 scores, ties in FAISS order),
+  the same memory. Needs ``pip install "delfi[index]"``.
 * ``ivfpq``: FAISS IVF-PQ with inner product: ``nlist`` coarse k-means cells, residuals coded by a
-  product quantiser of ``m`` sub-vectors x ``nbits`` bits; a search scans ``nprobe`` cells. Memory
-  about N x (m * nbits / 8 + 8) bytes (1M, m=64: 72 MB), approximate, needs training. ``refine > 0``
-  wraps it in ``faiss.IndexRefineFlat``: ``refine * k`` IVF-PQ candidates are re-scored exactly. That
-  buys recall (PQ alone ranks the close neighbours of a query only roughly) but stores the full
-  float32 vectors again (+ N x D x 4 bytes: no memory saving over ``exact`` any more, only speed).
-  Use it for millions of images, or when the database must fit in a little memory (``refine=0``).
+  product quantiser of ``m`` sub-vectors x ``nbits`` bits; a search scans ``nprobe`` cells. Approximate,
+  needs training (`build` does it). PQ codes alone (``refine=0``) take N x (m * nbits / 8 + 8) bytes but
+  rank the close neighbours of a query only roughly, at any nprobe. ``refine > 0`` re-scores
+  ``refine * k`` IVF-PQ candidates with a second copy of the vectors (`faiss.IndexRefine`) stored as
+  ``refine_type``: ``"flat"`` float32 (`faiss.IndexRefineFlat`, + N x D x 4 bytes: as much memory as
+  ``exact``), ``"fp16"`` (+ N x D x 2) or ``"sq8"`` 8-bit scalar quantiser (+ N x D, the default).
 
-``benchmarks/retrieval_speed.py`` measures speed, memory and recall@100 against ``exact``.
+  Measured by ``benchmarks/retrieval_speed.py`` (1M x 512 synthetic clustered, 1000 queries, 2 CPU
+  cores, nlist 1024, nprobe 32; recall@100 against ``exact``, which takes ~9 ms per query batched):
+
+  ===============================  ===========  ============  ===========
+  setting                          memory       ms per query  recall@100
+  ===============================  ===========  ============  ===========
+  PQ64, refine 0                   75 MB        0.75          0.73
+  PQ128, refine 0                  139 MB       1.4           0.85
+  PQ256, refine 0                  267 MB       3.4           0.94
+  PQ64, refine 4, flat             2.1 GB       0.8           0.97
+  PQ64, refine 4, fp16             1.1 GB       0.9           0.97
+  PQ64, refine 4, sq8 (default)    0.59 GB      0.8           0.965
+  PQ64, refine 2, sq8              0.59 GB      0.8           0.93
+  ===============================  ===========  ============  ===========
+
+  Use ``ivfpq`` from about a million images on, or when single queries must be fast (``exact``:
+  ~130 ms for one query against 1M x 512); ``refine=0`` with a large ``m`` when memory is tight.
+  Recall depends on the data: check it on your own descriptors against ``exact``.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +52,7 @@ from delfi.retrieval.storage import IndexFormatError, read_index_meta, read_name
 __all__ = ["GlobalIndex"]
 
 _SCORE_BUDGET = 1 << 26  # float32 scores held per exact-search chunk (256 MB)
+_REFINE = {"flat": "RFlat", "fp16": "Refine(SQfp16)", "sq8": "Refine(SQ8)"}  # refine_type -> factory
 
 
 def _faiss():
@@ -60,6 +78,25 @@ def _as_matrix(x: Any, what: str, dim: int | None = None) -> np.ndarray:
     return x
 
 
+def _ivfpq(index):
+    """The IndexIVFPQ of a FAISS index: itself, or the base of an IndexRefine (owned by it)."""
+    return _faiss().downcast_index(index.base_index) if hasattr(index, "base_index") else index
+
+
+def _top_rows(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` columns of each row of ``s`` (B, C), sorted by (score desc, column asc)."""
+    v, i = torch.topk(s, min(k + 1, s.shape[1]), dim=1)
+    i = i[:, :k].contiguous()
+    if v.shape[1] > k:  # the (k+1)-th equal to the k-th: a tie across the cut (duplicate vectors)
+        tied = (v[:, k] == v[:, k - 1]).nonzero().squeeze(1)
+        if len(tied):  # the lower columns win
+            i[tied] = torch.sort(s[tied], dim=1, descending=True, stable=True).indices[:, :k]
+    i = torch.sort(i, dim=1).values
+    v = s.gather(1, i)
+    order = torch.sort(v, dim=1, descending=True, stable=True).indices
+    return v.gather(1, order), i.gather(1, order)
+
+
 class GlobalIndex:
     """A searchable set of named global descriptors.
 
@@ -68,15 +105,17 @@ class GlobalIndex:
         kind: ``"exact"``, ``"flat"`` or ``"ivfpq"`` (see the module docstring).
         nlist, m, nbits: IVF-PQ cells, PQ sub-vectors (must divide ``dim``) and bits per code.
         nprobe: IVF-PQ cells scanned per query (default for `search`).
-        refine: IVF-PQ only; > 0 re-scores ``refine * k`` candidates exactly (`faiss.IndexRefineFlat`,
-            which keeps a float32 copy of every vector: + N x D x 4 bytes).
+        refine: IVF-PQ only; > 0 re-scores ``refine * k`` PQ candidates with a second copy of every
+            vector; 0 keeps only the PQ codes (less memory, lower recall).
+        refine_type: that copy: ``"flat"`` (float32, `faiss.IndexRefineFlat`, + N x D x 4 bytes),
+            ``"fp16"`` (+ N x D x 2) or ``"sq8"`` (8-bit scalar quantiser, + N x D bytes).
         seed: k-means / PQ training seed.
     """
 
     KINDS = ("exact", "flat", "ivfpq")
 
     def __init__(self, dim: int, kind: str = "exact", *, nlist: int = 1024, m: int = 64, nbits: int = 8,
-                 nprobe: int = 32, refine: int = 0, seed: int = 0) -> None:  # fmt: skip
+                 nprobe: int = 32, refine: int = 4, refine_type: str = "sq8", seed: int = 0) -> None:  # fmt: skip
         if kind not in self.KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {self.KINDS}")
         if dim < 1:
@@ -84,12 +123,12 @@ class GlobalIndex:
         if kind == "ivfpq":
             if dim % m:
                 raise ValueError(f"m={m} PQ sub-vectors must divide the dimension {dim}")
-            if min(nlist, m, nbits, nprobe) < 1 or refine < 0:
+            if min(nlist, m, nbits, nprobe) < 1 or refine < 0 or refine_type not in _REFINE:
                 raise ValueError(f"invalid IVF-PQ settings nlist={nlist} m={m} nbits={nbits} nprobe={nprobe} "
-                                 f"refine={refine}")  # fmt: skip
+                                 f"refine={refine} refine_type={refine_type!r} (one of {tuple(_REFINE)})")  # fmt: skip
         self._dim, self._kind = int(dim), kind
         self.params = {"nlist": int(nlist), "m": int(m), "nbits": int(nbits), "nprobe": int(nprobe),
-                       "refine": int(refine), "seed": int(seed)}  # fmt: skip
+                       "refine": int(refine), "refine_type": refine_type, "seed": int(seed)}  # fmt: skip
         self._names: list[str] = []
         self._name_set: set[str] = set()
         self._vectors = np.zeros((0, self._dim), np.float32)  # exact only
@@ -98,14 +137,12 @@ class GlobalIndex:
             self._index = _faiss().IndexFlatIP(self._dim)
         elif kind == "ivfpq":
             faiss = _faiss()
-            index = faiss.index_factory(self._dim, f"IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_INNER_PRODUCT)
-            ivf = faiss.downcast_index(index)
-            ivf.cp.seed = ivf.pq.cp.seed = int(seed)
-            ivf.do_polysemous_training = False  # the factory's default; minutes of training, unused here
-            self._index = faiss.IndexRefineFlat(index) if refine else index
-            self._base = index  # keep the wrapped index alive
+            spec = f"IVF{nlist},PQ{m}x{nbits}" + (f",{_REFINE[refine_type]}" if refine else "")
+            self._index = faiss.index_factory(self._dim, spec, faiss.METRIC_INNER_PRODUCT)  # most derived type
+            self._base = _ivfpq(self._index)
+            self._base.cp.seed = self._base.pq.cp.seed = int(seed)
+            self._base.do_polysemous_training = False  # the factory's default: minutes of training, unused
 
-    # ----------------------------------------------------------------------------------- properties
     @property
     def dim(self) -> int:
         return self._dim
@@ -137,9 +174,9 @@ class GlobalIndex:
             return n * d * 4
         codes = n * (self._base.code_size + 8)  # PQ code + int64 id per vector
         tables = p["nlist"] * d * 4 + (1 << p["nbits"]) * d * 4  # coarse centroids + PQ codebooks
-        return codes + tables + (n * d * 4 if p["refine"] else 0)
+        refine = {"flat": 4, "fp16": 2, "sq8": 1}[p["refine_type"]] * n * d if p["refine"] else 0
+        return codes + tables + refine
 
-    # ------------------------------------------------------------------------------------- building
     @classmethod
     def build(cls, vectors: Any, names: Sequence[str], kind: str = "exact", *, train_vectors: Any = None,
               **params: Any) -> GlobalIndex:  # fmt: skip
@@ -148,15 +185,17 @@ class GlobalIndex:
         vectors = _as_matrix(vectors, "vectors")
         index = cls(vectors.shape[1], kind, **params)
         if not index.is_trained:
-            if train_vectors is None:
-                cap = max(64 * index.params["nlist"], 65536)
-                train_vectors = vectors
-                if len(vectors) > cap:
-                    rng = np.random.default_rng(index.params["seed"])
-                    train_vectors = vectors[np.sort(rng.choice(len(vectors), cap, replace=False))]
-            index.train(train_vectors)
+            index.train(index.training_sample(vectors) if train_vectors is None else train_vectors)
         index.add(vectors, names)
         return index
+
+    def training_sample(self, vectors: np.ndarray) -> np.ndarray:
+        """The rows `build` trains on: all, or a seeded random max(64 * nlist, 65536) of them."""
+        cap = max(64 * self.params["nlist"], 65536)
+        if len(vectors) <= cap:
+            return vectors
+        rng = np.random.default_rng(self.params["seed"])
+        return vectors[np.sort(rng.choice(len(vectors), cap, replace=False))]
 
     def train(self, vectors: Any) -> None:
         """Train IVF-PQ (coarse k-means and PQ codebooks) on ``vectors`` (T, D); nothing to do for the
@@ -191,7 +230,6 @@ class GlobalIndex:
         self._names.extend(names)
         self._name_set.update(names)
 
-    # -------------------------------------------------------------------------------------- search
     def search(self, queries: Any, k: int, *, batch_size: int = 1024,
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """The ``k`` best database vectors of each query by inner product.
@@ -244,20 +282,21 @@ class GlobalIndex:
 
     def _search_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of (B, D) queries, 1 <= k <= N. BLAS matmul results differ in the last bits with
-        the batch shape, so the matmul only selects k + margin candidates; these are re-scored in
-        float64 (exact products, one fixed summation order) and sorted by (score desc, id asc)."""
+        the batch shape, so the matmul only selects k + margin candidates (by score, then lower id);
+        these are re-scored in float64 (exact products, one fixed summation order) and sorted by
+        (score desc, id asc). Equal vectors get equal scores, so ties go to the lower id."""
         x, qt = torch.from_numpy(self._vectors), torch.from_numpy(q)
         n = len(x)
         kc = min(n, k + max(16, k // 4))
         chunk = max(4096, _SCORE_BUDGET // len(q))
         best_s = best_i = None
         for start in range(0, n, chunk):
-            s, i = torch.topk(qt @ x[start : start + chunk].T, min(kc, min(chunk, n - start)), dim=1)
+            s, i = _top_rows(qt @ x[start : start + chunk].T, min(kc, chunk, n - start))
             i += start
-            if best_s is not None:
+            if best_s is not None:  # both sorted by (score desc, id asc), new ids larger: a stable sort merges
                 s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
-                s, order = torch.topk(s, min(kc, s.shape[1]), dim=1)
-                i = i.gather(1, order)
+                order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :kc]
+                s, i = s.gather(1, order), i.gather(1, order)
             best_s, best_i = s, i
         cand = best_i.numpy()
         exact = np.empty(cand.shape, np.float64)
@@ -268,7 +307,6 @@ class GlobalIndex:
         order = np.lexsort((cand, -exact), axis=1)[:, :k]
         return np.take_along_axis(exact, order, 1).astype(np.float32), np.take_along_axis(cand, order, 1)
 
-    # --------------------------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index directory (``names.txt``, ``vectors.npy`` or ``index.faiss``, ``meta.json``)."""
 
@@ -294,7 +332,7 @@ class GlobalIndex:
         kind, dim, count = meta["kind"], int(meta["dim"]), int(meta["count"])
         if kind not in cls.KINDS:
             raise IndexFormatError(f"{root / 'meta.json'}: kind {kind!r} is not a global index kind {cls.KINDS}")
-        params = {key: meta["config"][key] for key in ("nlist", "m", "nbits", "nprobe", "refine", "seed")
+        params = {key: meta["config"][key] for key in ("nlist", "m", "nbits", "nprobe", "refine", "refine_type", "seed")
                   if key in meta["config"]}  # fmt: skip
         index = cls(dim, kind, **params)
         names = read_names(root, count)
@@ -319,9 +357,9 @@ class GlobalIndex:
             if loaded.ntotal != count or loaded.d != dim:
                 raise IndexFormatError(f"{file}: {loaded.ntotal} vectors of dim {loaded.d}, meta.json says "
                                        f"{count} of dim {dim}")  # fmt: skip
-            index._index = faiss.downcast_index(loaded)
+            index._index = loaded  # already the most derived type; a downcast proxy would not own it
             if kind == "ivfpq":
-                index._base = faiss.downcast_index(index._index.base_index) if index.params["refine"] else index._index
+                index._base = _ivfpq(index._index)
         if len(set(names)) != len(names):
             raise IndexFormatError(f"{root / 'names.txt'}: duplicate names")
         index._names, index._name_set = names, set(names)
