@@ -133,3 +133,22 @@ def test_report_command(tmp_path, stores):
     result = invoke("report", "--ranking", tmp_path / "rr.txt", "--images", tmp_path / "photos", "--matches",
                     tmp_path / "m.h5", "--out", tmp_path / "x.html")
     assert result.exit_code == 2 and "--query-features" in result.output
+
+
+def test_ivfpq_index_and_nprobe(tmp_path, stores):
+    pytest.importorskip("faiss")
+    q, db, _ = stores
+    result = invoke("index", "build", "--features", db, "--out", tmp_path / "big", "--kind", "ivfpq", "nlist=2", "m=4")
+    assert result.exit_code == 2 and "training vectors" in result.output and "kind=exact" in result.output
+    result = invoke("index", "build", "--features", db, "--out", tmp_path / "ivf", "--kind", "ivfpq", "nlist=2", "m=4",
+                    "nbits=2", "refine=4", "refine_type=flat")
+    assert result.exit_code == 0, result.output
+    result = invoke("search", "--index", tmp_path / "ivf", "--features", q, "--top-k", 3, "--nprobe", 2,
+                    "--out", tmp_path / "r.txt")
+    assert result.exit_code == 0, result.output
+    ranking = read_ranking(tmp_path / "r.txt")
+    # every cell scanned and exact re-scoring: the look-alike comes first as with exact search
+    assert all(ranking.results(qn)[0][0] == f"{qn}_lookalike" for qn in ranking.queries)
+    result = invoke("index", "build", "--features", db, "--out", tmp_path / "exact")
+    result = invoke("search", "--index", tmp_path / "exact", "--features", q, "--nprobe", 2)
+    assert result.exit_code == 2 and "ivfpq" in result.output

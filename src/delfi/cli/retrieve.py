@@ -88,11 +88,9 @@ def search_command(
         raise fail(f"{features}: no such feature store")
     try:
         loaded = load_index(index)
-        if nprobe is not None:
-            if getattr(loaded, "kind", None) != "ivfpq":
-                raise fail("--nprobe applies to an ivfpq index only")
-            loaded.nprobe = nprobe
-        ranking = search(loaded, features, top_k=top_k)
+        if nprobe is not None and getattr(loaded, "kind", None) != "ivfpq":
+            raise fail("--nprobe applies to an ivfpq index only")
+        ranking = search(loaded, features, top_k=top_k, nprobe=nprobe)
     except (IndexFormatError, MissingDescriptorError, ValueError, ImportError) as exc:
         raise fail(str(exc)) from None
     write_ranking(out, ranking)

@@ -206,7 +206,8 @@ class GlobalIndex:
         need = max(self.params["nlist"], 1 << self.params["nbits"])
         if len(vectors) < need:
             raise ValueError(f"IVF-PQ with nlist={self.params['nlist']}, nbits={self.params['nbits']} needs at least "
-                             f"{need} training vectors (better >= {39 * self.params['nlist']}), got {len(vectors)}")  # fmt: skip
+                             f"{need} training vectors (FAISS recommends >= {39 * need}), got {len(vectors)}; use kind=exact "
+                             "or flat for small databases, or lower nlist / nbits")  # fmt: skip
         self._index.train(vectors)
 
     def add(self, vectors: Any, names: Sequence[str]) -> None:

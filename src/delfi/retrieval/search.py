@@ -146,9 +146,11 @@ def search(
     top_k: int = 100,
     names: Sequence[str] | None = None,
     batch_size: int = 1024,
+    nprobe: int | None = None,
     on_item: Callable[[str], None] | None = None,
 ) -> Ranking:
-    """Rank the index's images for every query of a feature store (the top ``top_k`` per query)."""
+    """Rank the index's images for every query of a feature store (the top ``top_k`` per query);
+    ``nprobe`` overrides the IVF-PQ cells scanned per query."""
     from delfi.io.features import FeatureStore
     from delfi.retrieval.asmk import ASMKIndex
 
@@ -158,7 +160,7 @@ def search(
             scores, ids = index.search(descriptors, top_k)
         else:
             names, vectors = global_descriptors(store, names, on_item)
-            scores, ids = index.search(vectors, top_k, batch_size=batch_size)
+            scores, ids = index.search(vectors, top_k, batch_size=batch_size, nprobe=nprobe)
     return ranking_from_scores(names, index.names, scores, ids)
 
 
