@@ -152,3 +152,28 @@ def test_ivfpq_index_and_nprobe(tmp_path, stores):
     result = invoke("index", "build", "--features", db, "--out", tmp_path / "exact")
     result = invoke("search", "--index", tmp_path / "exact", "--features", q, "--nprobe", 2)
     assert result.exit_code == 2 and "ivfpq" in result.output
+
+
+def test_putative_rule_follows_the_feature_family(tmp_path, stores):
+    from delfi.io.features import FeatureStore
+
+    q, db, _ = stores
+    assert invoke("index", "build", "--features", db, "--out", tmp_path / "i").exit_code == 0
+    assert invoke("search", "--index", tmp_path / "i", "--features", q, "--out", tmp_path / "r.txt").exit_code == 0
+    args = ["rerank", "--ranking", tmp_path / "r.txt", "--query-features", q, "--db-features", db, "--out", tmp_path / "rr.txt"]
+    result = invoke(*args)
+    assert result.exit_code == 0 and "mutual NN (mutual, features: synthetic)" in result.output
+    result = invoke(*args, "--putative", "tf")
+    assert result.exit_code == 0 and "NN, distance < 1 (tf" in result.output
+    result = invoke(*args, "--putative", "mutual", "--max-distance", 0.7)
+    assert result.exit_code == 0 and "mutual NN, distance < 0.7" in result.output
+    result = invoke(*args, "--putative", "best")
+    assert result.exit_code == 2 and "--putative" in result.output
+    # a DELG store gets the TF rule by default
+    delg = tmp_path / "delg_q.h5"
+    with FeatureStore(q) as src, FeatureStore(delg, "w", attrs={"model": "delg", "weights_sha256": "none", "config": {}}) as dst:
+        for name in src.names():
+            dst.put(name, src[name])
+    result = invoke("rerank", "--ranking", tmp_path / "r.txt", "--query-features", delg, "--db-features", db,
+                    "--out", tmp_path / "rr.txt")
+    assert result.exit_code == 0 and "NN, distance < 1 (tf, features: delg)" in result.output

@@ -12,20 +12,37 @@ from rich.table import Table
 from delfi.cli.common import ProgressBar, fail, load_model, stderr_console
 
 
-def _settings(index: str, rerank_k: int, fusion: str, geometry: str, threshold: float, max_distance: float,
-              workers: int, keep_matches: bool):
-    from delfi.eval.retrieval_run import RetrievalSettings
-    from delfi.match.pipeline import MatchingConfig
-    from delfi.retrieval.rerank import RerankConfig
+def _settings(index: str, rerank_k: int, fusion: str, geometry: str, threshold: float, max_distance: Optional[float],
+              workers: int, keep_matches: bool, family: Optional[str]):
+    """Retrieval settings; the putative-matching rule follows the model family (TF rule for
+    DELF / DELG, mutual nearest neighbours otherwise), ``max_distance`` overrides its bound."""
+    from dataclasses import replace
 
+    from delfi.eval.retrieval_run import RetrievalSettings
+    from delfi.retrieval.rerank import RerankConfig, matching_for
+
+    base = matching_for(family)
     try:
         rerank = None if rerank_k <= 0 else RerankConfig(
             top_k=rerank_k, fusion=fusion, workers=workers,
-            matching=MatchingConfig(mutual=False, max_distance=max_distance, geometry=geometry, threshold=threshold,
-                                    max_iters=1000, seed=0))
+            matching=replace(base, max_distance=base.max_distance if max_distance is None else max_distance,
+                             geometry=geometry, threshold=threshold))
     except ValueError as exc:
         raise fail(str(exc)) from None
     return RetrievalSettings(index=index, rerank=rerank, keep_matches=keep_matches)
+
+
+def _family(config: Optional[dict], out: Path) -> Optional[str]:
+    """The model family: from the loaded config, else from the query store already in ``out``."""
+    if config:
+        return str(config.get("model"))
+    store = out / "queries.h5"
+    if store.exists():
+        from delfi.io.features import FeatureStore
+
+        with FeatureStore(store) as s:
+            return str(s.attrs.get("model", ""))
+    return None
 
 
 def _model(preset: str, weights: Optional[str], overrides: Optional[List[str]], device: str, skip: bool):
@@ -49,7 +66,7 @@ def revisitop(
     fusion: str = typer.Option("lexicographic", "--fusion"),
     geometry: str = typer.Option("affine", "--geometry"),
     threshold: float = typer.Option(20.0, "--ransac-threshold", help="RANSAC residual threshold (px)."),
-    max_distance: float = typer.Option(1.0, "--max-distance", help="Putative matches: descriptor L2 distance below this."),
+    max_distance: Optional[float] = typer.Option(None, "--max-distance", help="Putative matches: descriptor L2 distance below this (default: 1.0 for DELF/DELG, none with mutual NN otherwise)."),
     workers: int = typer.Option(0, "--workers"),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html (queries, results, matches)."),
     reuse: bool = typer.Option(False, "--reuse-features", help="Use the feature stores already in --out (no model)."),
@@ -62,7 +79,7 @@ def revisitop(
 
     model, config, method = _model(preset, weights, overrides, device, reuse)
     out = out or Path("results") / dataset / (method or "features")
-    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report)
+    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out))
     try:
         with ProgressBar(None, "extracting / reranking") as bar:
             result = run_revisitop(root, dataset, out, model=model, config=config, settings=settings,
@@ -92,9 +109,9 @@ def revisitop_table(result) -> Table:
 
 
 def _report_revisitop(root: Path, dataset: str, out: Path, result) -> None:
-    from delfi.eval.revisitop_run import dataset_layout, relevance
-    from delfi.datasets.revisitop import load_ground_truth
     from delfi.cli.report import write_run_report
+    from delfi.datasets.revisitop import load_ground_truth
+    from delfi.eval.revisitop_run import dataset_layout, relevance
 
     images, gnd_path = dataset_layout(root, dataset)
     summary = {f"mAP {p} {when}": res[p]["map"] for when, res in (("before", result.before), ("after", result.after))
@@ -114,7 +131,7 @@ def vpr(
     fusion: str = typer.Option("lexicographic", "--fusion"),
     geometry: str = typer.Option("affine", "--geometry"),
     threshold: float = typer.Option(20.0, "--ransac-threshold"),
-    max_distance: float = typer.Option(1.0, "--max-distance"),
+    max_distance: Optional[float] = typer.Option(None, "--max-distance", help="Putative matches: L2 distance bound (default: 1.0 for DELF/DELG, none otherwise)."),
     radius: float = typer.Option(25.0, "--radius", help="Positives: database images within this many metres."),
     workers: int = typer.Option(0, "--workers"),
     report: bool = typer.Option(True, "--report/--no-report"),
@@ -127,7 +144,7 @@ def vpr(
 
     model, config, method = _model(preset, weights, overrides, device, reuse)
     out = out or Path("results") / "vpr" / (method or "features")
-    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report)
+    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out))
     try:
         with ProgressBar(None, "extracting / reranking") as bar:
             result = run_vpr(root, out, split=split, model=model, config=config, settings=settings, radius=radius,
@@ -177,14 +194,20 @@ def vpr_sweep(
     workers: int = typer.Option(0, "--workers"),
 ) -> None:
     """Sweep K x matching threshold x RANSAC residual on a finished `delfi eval vpr` run: table + plot."""
-    from delfi.eval.vpr import recall_at_n
-    from delfi.eval.vpr_run import _names, ground_truth, plot_sweep, sweep_rerank, vpr_layout
-    from delfi.io.rankings import read_ranking
-    from delfi.match.pipeline import MatchingConfig
-    from delfi.retrieval.rerank import RerankConfig
+    from dataclasses import replace
 
-    base_config = RerankConfig(workers=workers, matching=MatchingConfig(mutual=False, geometry=geometry,
-                                                                        max_iters=1000, seed=0))
+    from delfi.eval.vpr import recall_at_n
+    from delfi.eval.vpr_run import (
+        _names,
+        ground_truth,
+        plot_sweep,
+        sweep_rerank,
+        vpr_layout,
+    )
+    from delfi.io.rankings import read_ranking
+    from delfi.retrieval.rerank import RerankConfig, matching_for
+
+    base_config = RerankConfig(workers=workers, matching=replace(matching_for(_family(None, out)), geometry=geometry))
     steps = len(top_k) * len(max_distance) * len(threshold)
     try:
         with ProgressBar(steps, "sweeping", unit="settings") as bar:

@@ -9,7 +9,15 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from delfi.cli.common import EXIT_FAILED, EXIT_OK, ProgressBar, fail, failures_table, stderr_console, summary_table
+from delfi.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ProgressBar,
+    fail,
+    failures_table,
+    stderr_console,
+    summary_table,
+)
 
 index_app = typer.Typer(help="Build and inspect retrieval indexes.", no_args_is_help=True)
 
@@ -110,9 +118,9 @@ def rerank_command(
     min_inliers: int = typer.Option(10, "--min-inliers", help="min_inliers: verified when >= this many inliers."),
     geometry: str = typer.Option("affine", "--geometry", "-g", help="affine | homography | fundamental."),
     threshold: float = typer.Option(20.0, "--threshold", help="RANSAC residual threshold (pixels)."),
-    max_distance: Optional[float] = typer.Option(1.0, "--max-distance", help="Putative matches: L2 descriptor distance below this."),
+    rule: str = typer.Option("auto", "--putative", help="Putative matches: auto (tf for DELF/DELG stores, mutual otherwise) | tf (NN at distance < 1.0) | mutual (mutual NN)."),
+    max_distance: Optional[float] = typer.Option(None, "--max-distance", help="Override: keep matches with L2 descriptor distance below this."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Lowe ratio test (off by default)."),
-    mutual: bool = typer.Option(False, "--mutual/--no-mutual", help="Keep only mutual nearest neighbours."),
     backend: str = typer.Option("opencv", "--backend"),
     max_iters: int = typer.Option(1000, "--max-iters"),
     seed: int = typer.Option(0, "--seed"),
@@ -121,20 +129,35 @@ def rerank_command(
     matches: Optional[Path] = typer.Option(None, "--matches", help="Also keep the verified matches in this match store (for `delfi report`)."),
 ) -> None:
     """Rerank the top-K of each query by local matching + RANSAC (TF DELG defaults)."""
+    from dataclasses import replace
+
     from delfi.io.rankings import RankingFormatError, read_ranking, write_ranking
-    from delfi.match.pipeline import MatchingConfig
-    from delfi.retrieval.rerank import RerankConfig, RerankReport, rerank
+    from delfi.retrieval.rerank import (
+        FUSIONS,
+        RerankConfig,
+        RerankReport,
+        mutual_matching,
+        rerank,
+        tf_matching,
+    )
     from delfi.retrieval.search import open_store
 
+    if fusion not in FUSIONS:
+        raise fail(f"--fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    if rule not in ("auto", "tf", "mutual"):
+        raise fail(f"--putative must be auto, tf or mutual, got {rule!r}")
     try:
-        config = RerankConfig(
-            top_k=top_k, fusion=fusion, weight=weight, min_inliers=min_inliers, workers=workers,
-            matching=MatchingConfig(mutual=mutual, ratio=ratio, max_distance=max_distance, geometry=geometry,
-                                    threshold=threshold, max_iters=max_iters, seed=seed, backend=backend),
-        )  # fmt: skip
         before = read_ranking(ranking)
         skip = _exclusions(exclude) if exclude else None
         qstore, dbstore = open_store(query_features), open_store(db_features)
+        family = str(qstore.attrs.get("model", ""))
+        rule = _putative_rule(rule, family)
+        base = tf_matching() if rule == "tf" else mutual_matching()
+        config = RerankConfig(
+            top_k=top_k, fusion=fusion, weight=weight, min_inliers=min_inliers, workers=workers,
+            matching=replace(base, ratio=ratio, max_distance=base.max_distance if max_distance is None else max_distance,
+                             geometry=geometry, threshold=threshold, max_iters=max_iters, seed=seed, backend=backend),
+        )  # fmt: skip
     except (RankingFormatError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
     report = RerankReport()
@@ -150,14 +173,27 @@ def rerank_command(
         if store is not None:
             store.close()
     write_ranking(out, after)
+    m = config.matching
+    putative = ("mutual NN" if m.mutual else "NN") + (f", distance < {m.max_distance:g}" if m.max_distance is not None else "")
     Console().print(summary_table(f"delfi rerank -> {out}", [
-        ("queries", str(report.queries)), ("pairs verified", str(report.pairs)),
+        ("queries", str(report.queries)), ("putative matches", f"{putative} ({rule}, features: {family or 'unknown'})"),
+        ("verification", f"{m.geometry}, {m.threshold:g} px, {m.max_iters} iterations"),
+        ("pairs verified", str(report.pairs)),
         ("time", f"{report.seconds:.1f} s ({report.seconds_per_query:.2f} s / query)"),
     ] + ([("matches", str(matches))] if matches else [])))
     if report.missing:
         stderr_console().print(failures_table("images without features (left unverified)", ["name", "reason"],
                                               [(n, "not in the feature store") for n in sorted(set(report.missing))]))
     raise typer.Exit(EXIT_FAILED if report.missing else EXIT_OK)
+
+
+def _putative_rule(rule: str, family: str) -> str:
+    """``auto`` resolved by the feature family: the TF rule for DELF / DELG, mutual NN otherwise."""
+    from delfi.retrieval.rerank import TF_RULE_FAMILIES
+
+    if rule == "auto":
+        return "tf" if family in TF_RULE_FAMILIES else "mutual"
+    return rule
 
 
 def _exclusions(path: Path) -> dict[str, set[str]]:

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval, write_json
+from delfi.eval.retrieval_run import (
+    RetrievalSettings,
+    extract_images,
+    run_retrieval,
+    write_json,
+)
 
 __all__ = ["DATASETS", "dataset_layout", "relevance", "RevisitopReport", "run_revisitop"]
 

@@ -17,7 +17,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval, write_json
+from delfi.eval.retrieval_run import (
+    RetrievalSettings,
+    extract_images,
+    run_retrieval,
+    write_json,
+)
 
 __all__ = ["vpr_layout", "VPRReport", "run_vpr", "sweep_rerank", "SweepRow", "plot_sweep"]
 

@@ -47,7 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from delfi.retrieval.storage import IndexFormatError, read_index_meta, read_names, write_index_dir
+from delfi.retrieval.storage import (
+    IndexFormatError,
+    read_index_meta,
+    read_names,
+    write_index_dir,
+)
 
 __all__ = ["GlobalIndex"]
 

@@ -38,7 +38,8 @@ import torch
 from delfi.match.pipeline import MatchingConfig
 from delfi.types import Features, Matches, Ranking
 
-__all__ = ["RerankConfig", "FUSIONS", "rerank", "fuse_scores", "verify_pair", "FeatureCache", "tf_matching"]
+__all__ = ["RerankConfig", "FUSIONS", "rerank", "fuse_scores", "verify_pair", "FeatureCache", "tf_matching",
+           "mutual_matching", "matching_for"]
 
 FUSIONS = ("lexicographic", "weighted", "min_inliers")
 
@@ -47,6 +48,24 @@ def tf_matching() -> MatchingConfig:
     """The TF DELG reranking settings: NN with L2 distance < 1.0, affine RANSAC, 20 px, 1000 trials."""
     return MatchingConfig(mutual=False, ratio=None, max_distance=1.0, geometry="affine", threshold=20.0,
                           max_iters=1000, seed=0)
+
+
+def mutual_matching() -> MatchingConfig:
+    """Mutual nearest neighbours (no distance bound), affine RANSAC 20 px, 1000 trials: for local
+    features without attention selection, e.g. R2D2, whose descriptors are not separated by the TF
+    distance rule (on real photos it gives wrong images ~100 "inliers")."""
+    return MatchingConfig(mutual=True, ratio=None, max_distance=None, geometry="affine", threshold=20.0,
+                          max_iters=1000, seed=0)
+
+
+TF_RULE_FAMILIES = ("delf", "delg")
+"""Model families whose descriptors the TF distance-1.0 rule was made for."""
+
+
+def matching_for(family: str | None) -> MatchingConfig:
+    """The default putative-matching rule for features of a model family (a feature store's
+    ``model`` attribute): the TF rule for DELF / DELG, mutual nearest neighbours otherwise."""
+    return tf_matching() if family in TF_RULE_FAMILIES else mutual_matching()
 
 
 @dataclass
