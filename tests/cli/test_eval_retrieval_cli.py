@@ -7,6 +7,7 @@ synthetic scene of tests/eval/test_retrieval_runs.py and the real ground truth f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 
@@ -70,6 +71,15 @@ def test_eval_revisitop_end_to_end(tmp_path, oxford_root):
                     "--preset", "delg", *TINY_DELG)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "results.json").read_text())["extraction"]["database"]["skipped"] == 5
+    # the same stores through ASMK over the local descriptors (no model needed)
+    if importlib.util.find_spec("asmk") is not None:
+        result = invoke("eval", "revisitop", "--root", oxford_root, "--out", out, "--reuse-features", "--index", "asmk",
+                        "--index-param", "codebook_size=8", "--rerank-k", 2, "--no-report")
+        assert result.exit_code == 0, result.output
+        saved = json.loads((out / "results.json").read_text())
+        assert saved["settings"]["index"] == "asmk" and saved["settings"]["index_params"] == {"codebook_size": 8}
+    result = invoke("eval", "revisitop", "--root", oxford_root, "--out", out, "--reuse-features", "--index", "lsh")
+    assert result.exit_code == 2 and "--index" in result.output
 
 
 def test_eval_revisitop_missing_dataset(tmp_path):

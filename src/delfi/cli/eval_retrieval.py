@@ -13,7 +13,7 @@ from delfi.cli.common import ProgressBar, fail, load_model, stderr_console
 
 
 def _settings(index: str, rerank_k: int, fusion: str, geometry: str, threshold: float, max_distance: Optional[float],
-              workers: int, keep_matches: bool, family: Optional[str]):
+              workers: int, keep_matches: bool, family: Optional[str], index_params: Optional[List[str]] = None):
     """Retrieval settings; the putative-matching rule follows the model family (TF rule for
     DELF / DELG, mutual nearest neighbours otherwise), ``max_distance`` overrides its bound."""
     from dataclasses import replace
@@ -29,7 +29,11 @@ def _settings(index: str, rerank_k: int, fusion: str, geometry: str, threshold: 
                              geometry=geometry, threshold=threshold))
     except ValueError as exc:
         raise fail(str(exc)) from None
-    return RetrievalSettings(index=index, rerank=rerank, keep_matches=keep_matches)
+    from delfi.cli.retrieve import KINDS, _params
+
+    if index not in (*KINDS, "asmk"):
+        raise fail(f"--index must be one of {', '.join((*KINDS, 'asmk'))}, got {index!r}")
+    return RetrievalSettings(index=index, index_params=_params(index_params), rerank=rerank, keep_matches=keep_matches)
 
 
 def _family(config: Optional[dict], out: Path) -> Optional[str]:
@@ -62,6 +66,7 @@ def revisitop(
     weights: Optional[str] = typer.Option(None, "--weights", "-w"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default results/<dataset>/<method>)."),
     index: str = typer.Option("exact", "--index", help="exact | flat | ivfpq (global) | asmk (local descriptors)."),
+    index_param: Optional[List[str]] = typer.Option(None, "--index-param", help="Index setting key=value, repeatable (e.g. codebook_size=4096)."),
     rerank_k: int = typer.Option(100, "--rerank-k", help="Rerank the top K by spatial verification (0: off)."),
     fusion: str = typer.Option("lexicographic", "--fusion"),
     geometry: str = typer.Option("affine", "--geometry"),
@@ -79,7 +84,8 @@ def revisitop(
 
     model, config, method = _model(preset, weights, overrides, device, reuse)
     out = out or Path("results") / dataset / (method or "features")
-    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out))
+    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out),
+                         index_param)
     try:
         with ProgressBar(None, "extracting / reranking") as bar:
             result = run_revisitop(root, dataset, out, model=model, config=config, settings=settings,
@@ -126,7 +132,8 @@ def vpr(
     preset: str = typer.Option("vpr-delg", "--preset", "-p"),
     weights: Optional[str] = typer.Option(None, "--weights", "-w"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default results/vpr/<method>)."),
-    index: str = typer.Option("exact", "--index"),
+    index: str = typer.Option("exact", "--index", help="exact | flat | ivfpq (global) | asmk (local descriptors)."),
+    index_param: Optional[List[str]] = typer.Option(None, "--index-param", help="Index setting key=value, repeatable."),
     rerank_k: int = typer.Option(100, "--rerank-k", help="Rerank the top K (0: off)."),
     fusion: str = typer.Option("lexicographic", "--fusion"),
     geometry: str = typer.Option("affine", "--geometry"),
@@ -144,7 +151,8 @@ def vpr(
 
     model, config, method = _model(preset, weights, overrides, device, reuse)
     out = out or Path("results") / "vpr" / (method or "features")
-    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out))
+    settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out),
+                         index_param)
     try:
         with ProgressBar(None, "extracting / reranking") as bar:
             result = run_vpr(root, out, split=split, model=model, config=config, settings=settings, radius=radius,
