@@ -177,3 +177,25 @@ def test_putative_rule_follows_the_feature_family(tmp_path, stores):
     result = invoke("rerank", "--ranking", tmp_path / "r.txt", "--query-features", delg, "--db-features", db,
                     "--out", tmp_path / "rr.txt")
     assert result.exit_code == 0 and "NN, distance < 1 (tf, features: delg)" in result.output
+
+
+def test_features_of_different_models_are_refused_by_name(tmp_path, stores):
+    import torch
+
+    from delfi.io.features import FeatureStore
+
+    q, db, _ = stores
+    other = tmp_path / "other.h5"
+    with FeatureStore(q) as src, FeatureStore(other, "w", attrs={"model": "x", "weights_sha256": "none", "config": {}}) as dst:
+        for name in src.names():
+            f = src[name]
+            f.descriptors = torch.nn.functional.normalize(torch.randn(len(f), 8), dim=1)
+            f.global_descriptor = torch.nn.functional.normalize(torch.randn(4), dim=0)
+            dst.put(name, f)
+    assert invoke("index", "build", "--features", db, "--out", tmp_path / "i").exit_code == 0
+    result = invoke("search", "--index", tmp_path / "i", "--features", other)
+    assert result.exit_code == 2 and "16" in result.output and "4" in result.output
+    ranking = tmp_path / "r.txt"
+    ranking.write_text("q0 other1 0.9\n")
+    result = invoke("rerank", "--ranking", ranking, "--query-features", other, "--db-features", db, "--out", tmp_path / "rr.txt")
+    assert result.exit_code == 2 and "'q0' has 8-D descriptors but 'other1' 32-D" in result.output

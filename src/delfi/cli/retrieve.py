@@ -167,6 +167,8 @@ def rerank_command(
             after = rerank(before, qstore, dbstore, config, junk=skip, report=report,
                            on_pair=(lambda q, d, m: store.put(q, d, m)) if store is not None else None,
                            on_query=lambda q: bar.advance(q, "done"))
+    except ValueError as exc:
+        raise fail(f"{query_features} / {db_features}: {exc}") from None
     finally:
         qstore.close()
         dbstore.close()

@@ -245,6 +245,9 @@ def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_
             dbf = cache.get(name)
         except KeyError:
             return k, None
+        if dbf.descriptors.shape[1] != qf.descriptors.shape[1]:
+            raise ValueError(f"{query!r} has {qf.descriptors.shape[1]}-D descriptors but {name!r} "
+                             f"{dbf.descriptors.shape[1]}-D ones: query and database features come from different models")
         return k, verify_pair(qf, dbf, config.matching, config.min_matches)
 
     for k, matches in pool.map(work, columns):

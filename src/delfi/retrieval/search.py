@@ -50,7 +50,11 @@ def global_descriptors(store, names: Sequence[str] | None = None,
             raise MissingDescriptorError(
                 f"{store.path}: {name!r} has no global descriptor (extracted with a local-only model?); "
                 "index local features with --asmk")
-        rows.append(g.numpy().astype(np.float32, copy=False))
+        row = g.numpy().astype(np.float32, copy=False).reshape(-1)
+        if rows and row.shape != rows[0].shape:
+            raise MissingDescriptorError(f"{store.path}: {name!r} has a {row.shape[0]}-D global descriptor, "
+                                         f"{names[0]!r} a {rows[0].shape[0]}-D one (features of different models?)")
+        rows.append(row)
         if on_item is not None:
             on_item(name)
     dim = rows[0].shape[0] if rows else 0
@@ -61,9 +65,13 @@ def local_descriptors(store, names: Sequence[str] | None = None,
                       on_item: Callable[[str], None] | None = None) -> tuple[list[str], list[np.ndarray]]:
     """The local descriptors of a `FeatureStore`: ``(names, [ (n_i, D) float32 per image ])``."""
     names = _names(store, names)
-    out = []
+    out: list[np.ndarray] = []
     for name in names:
-        out.append(store.get(name).descriptors.numpy().astype(np.float32, copy=False))
+        desc = store.get(name).descriptors.numpy().astype(np.float32, copy=False)
+        if out and desc.shape[1] != out[0].shape[1]:
+            raise MissingDescriptorError(f"{store.path}: {name!r} has {desc.shape[1]}-D local descriptors, "
+                                         f"{names[0]!r} {out[0].shape[1]}-D ones (features of different models?)")
+        out.append(desc)
         if on_item is not None:
             on_item(name)
     return names, out
