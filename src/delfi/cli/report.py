@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 from urllib.parse import quote
 
 import typer
@@ -74,8 +74,8 @@ def write_run_report(out: Path, image_path, relevance: dict | None, summary: dic
 
 def report(
     ranking: Path = typer.Option(..., "--ranking", "-r", help="Ranking file (reranked or not)."),
-    images: Path = typer.Option(..., "--images", help="Folder of the database images (names as in the ranking)."),
-    query_images: Optional[Path] = typer.Option(None, "--query-images", help="Folder of the query images (default: --images)."),
+    images: List[Path] = typer.Option(..., "--images", help="Folder of the images, names as in the ranking (repeatable: searched in order)."),
+    query_images: Optional[Path] = typer.Option(None, "--query-images", help="Folder searched first (e.g. the query images)."),
     before: Optional[Path] = typer.Option(None, "--before", help="The ranking before reranking (rank changes)."),
     matches: Optional[Path] = typer.Option(None, "--matches", help="Match store from `delfi rerank --matches` (pictures)."),
     query_features: Optional[Path] = typer.Option(None, "--query-features", help="Needed with --matches."),
@@ -88,7 +88,7 @@ def report(
     from delfi.io.rankings import RankingFormatError, read_ranking
     from delfi.viz.report import write_report
 
-    find = resolver(*(p for p in (query_images, images) if p is not None))
+    find = resolver(*(p for p in (query_images, *images) if p is not None))
     try:
         final = read_ranking(ranking)
         first = read_ranking(before) if before else None  # matched to the final ranking by names
