@@ -107,3 +107,15 @@ def test_eval_vpr_and_sweep(tmp_path):
     assert result.exit_code == 0, result.output
     assert (out / "sweep.png").stat().st_size > 5000
     assert len(json.loads((out / "sweep.json").read_text())) == 2
+
+
+def test_eval_revisitop_goes_on_without_a_bad_image(tmp_path, oxford_root):
+    (oxford_root / "roxford5k" / "jpg" / "db3.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "res"
+    result = invoke("eval", "revisitop", "--root", oxford_root, "--out", out, "--preset", "delg", "--rerank-k", 2,
+                    "--no-report", *TINY_DELG)
+    assert result.exit_code == 1, result.output
+    assert "db3" in result.output and "mAP M" in result.output  # reported, and the results are there
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["missing"] == ["db3"] and saved["extraction"]["database"]["extracted"] == 4
+    assert 0 <= saved["after"]["medium"]["map"] <= 100

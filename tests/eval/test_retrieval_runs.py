@@ -125,3 +125,19 @@ def test_vpr_sweep_table_and_plot(vpr_root):
     assert json.loads((out / "sweep.json").read_text())[0]["top_k"] == 1
     picture = plot_sweep(rows, out / "sweep.png", before=0.0)
     assert picture.stat().st_size > 5000
+
+
+def test_a_query_without_features_counts_as_a_miss(revisitop_root):
+    from delfi.eval.revisitop_run import run_revisitop
+    from delfi.io.features import FeatureStore
+
+    root, out, gnd, imlist = revisitop_root
+    with FeatureStore(out / "queries.h5") as store:
+        kept = {name: store[name] for name in store.names() if name != "q1"}
+    write_store(out / "queries.h5", kept)
+    report = run_revisitop(root, "roxford5k", out, settings=RetrievalSettings(rerank=RerankConfig(top_k=5)))
+    assert report.missing == ["q1"]
+    ranking = read_ranking(out / "reranked.txt", database=imlist)
+    assert ranking.queries == ["q0", "q2"]  # q1 has no line at all
+    # 2 of 3 queries perfect, q1 ranked by the id-order fallback (its positives are not first)
+    assert 60 < report.after["medium"]["map"] < 100

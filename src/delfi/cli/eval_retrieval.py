@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from delfi.cli.common import ProgressBar, fail, load_model, stderr_console
+from delfi.cli.common import EXIT_FAILED, ProgressBar, fail, failures_table, load_model, stderr_console
 
 
 def _settings(index: str, rerank_k: int, fusion: str, geometry: str, threshold: float, max_distance: Optional[float],
@@ -96,6 +96,20 @@ def revisitop(
     if report:
         _report_revisitop(root, dataset, out, result)
     stderr_console().print(f"results -> {out}/ (results.json, ranking.txt, reranked.txt{', report.html' if report else ''})")
+    _exit_on_failures(result.extraction, result.missing)
+
+
+def _exit_on_failures(extraction: dict, missing: list[str]) -> None:
+    """List images that failed or have no features, and exit 1 (the results cover the rest)."""
+    rows = [(name, reason) for part in ("queries", "database") for name, reason in extraction.get(part, {}).get("failures", [])]
+    failed = {name for name, _ in rows}
+    rows += [(name, "no features in the store") for name in missing if name not in failed]
+    if rows:
+        console = stderr_console()
+        console.print(failures_table("images left out (counted as misses)", ["image", "reason"], rows[:50]))
+        if len(rows) > 50:
+            console.print(f"... and {len(rows) - 50} more (results.json lists them)")
+        raise typer.Exit(EXIT_FAILED)
 
 
 def revisitop_table(result) -> Table:
@@ -175,6 +189,7 @@ def vpr(
     if report:
         _report_vpr(root, split, out, radius, result)
     stderr_console().print(f"results -> {out}/")
+    _exit_on_failures(result.extraction, result.missing)
 
 
 def _report_vpr(root: Path, split: str, out: Path, radius: float, result) -> None:

@@ -39,7 +39,7 @@ class RetrievalOutput:
     after: Ranking | None
     files: dict[str, str] = field(default_factory=dict)
     rerank_seconds_per_query: float = 0.0
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # images without features (never ranked / unverified)
 
 
 def extract_images(model: Any, config: dict[str, Any], entries, out: str | os.PathLike, *,
@@ -76,18 +76,27 @@ def run_retrieval(
 
     Writes ``out/index/`` (the index), ``out/ranking.txt`` and, with reranking,
     ``out/reranked.txt`` (and ``out/matches.h5`` when ``settings.keep_matches``). Ids of the rankings
-    follow the order of ``database``.
+    follow the order of ``database``. Images without features (failed extraction) are left out of the
+    index and listed in ``missing``; a query without features gets an empty ranking (a miss).
     """
     from delfi.io.rankings import write_ranking
     from delfi.retrieval.search import build_index, open_store, search
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    index = build_index(db_store, out / "index", kind=settings.index, names=list(database),
-                        params=settings.index_params)
-    before = search(index, query_store, top_k=min(settings.top_k, len(database)), names=list(queries))
+    with open_store(db_store) as store:
+        db_used = [n for n in database if n in store]
+    with open_store(query_store) as store:
+        q_used = [q for q in queries if q in store]
+    missing = [n for n in database if n not in set(db_used)] + [q for q in queries if q not in set(q_used)]
+    if not db_used or not q_used:
+        raise ValueError(f"{db_store if not db_used else query_store}: none of the {'database' if not db_used else 'query'} "
+                         "images has features (see the extraction failures)")
+    index = build_index(db_store, out / "index", kind=settings.index, names=db_used, params=settings.index_params)
+    found = search(index, query_store, top_k=min(settings.top_k, len(db_used)), names=q_used)
+    before = expand_ranking(found, queries, database)
     files = {"index": str(out / "index"), "ranking": str(write_ranking(out / "ranking.txt", before))}
-    result = RetrievalOutput(before, None, files)
+    result = RetrievalOutput(before, None, files, missing=missing)
     if settings.rerank is None:
         return result
     from delfi.retrieval.rerank import RerankReport, rerank
@@ -112,5 +121,23 @@ def run_retrieval(
     files["reranked"] = str(write_ranking(out / "reranked.txt", after))
     result.after = after
     result.rerank_seconds_per_query = report.seconds_per_query
-    result.missing = sorted(set(report.missing))
+    result.missing = list(dict.fromkeys(missing + report.missing))
     return result
+
+
+def expand_ranking(ranking: Ranking, queries: Sequence[str], database: Sequence[str]) -> Ranking:
+    """``ranking`` re-expressed over the full ``database`` id space, one row per name of ``queries``
+    (in that order); queries without results get empty rows (all -1)."""
+    import numpy as np
+
+    ids = {name: i for i, name in enumerate(database)}
+    rows = {q: r for r, q in enumerate(ranking.queries)}
+    shape = (len(queries), ranking.depth)
+    indices = np.full(shape, -1, dtype=np.int64)
+    scores = np.full(shape, np.nan)
+    remap = np.array([ids[name] for name in ranking.database] + [-1], dtype=np.int64)  # -1 maps to -1
+    for q, name in enumerate(queries):
+        if name in rows:
+            indices[q] = remap[ranking.indices[rows[name]]]
+            scores[q] = ranking.scores[rows[name]]
+    return Ranking(list(queries), list(database), indices, scores)

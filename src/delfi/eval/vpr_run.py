@@ -52,6 +52,7 @@ class VPRReport:
     extraction: dict[str, Any] = field(default_factory=dict)
     rerank_seconds_per_query: float = 0.0
     queries_without_positives: int = 0
+    missing: list[str] = field(default_factory=list)  # images without features
 
     def summary(self) -> dict[str, int]:
         changes = [v for v in self.rank_change.values() if v is not None]
@@ -62,7 +63,7 @@ class VPRReport:
         return {"recall_before": self.recall_before, "recall_after": self.recall_after,
                 "rank_change": self.rank_change, "rank_change_summary": self.summary(), "files": self.files,
                 "extraction": self.extraction, "rerank_seconds_per_query": self.rerank_seconds_per_query,
-                "queries_without_positives": self.queries_without_positives}
+                "queries_without_positives": self.queries_without_positives, "missing": self.missing}
 
 
 def ground_truth(base: Path, db_paths: Sequence[Path], q_paths: Sequence[Path], radius: float = 25.0):
@@ -115,6 +116,7 @@ def run_vpr(
         recall_at_n(before, positives, ns), recall_at_n(after, positives, ns) if after is not None else None,
         {q: (None if np.isnan(c) else float(c)) for q, c in zip(queries, changes)} if after is not None else {},
         output.files, extraction, output.rerank_seconds_per_query, int(sum(len(p) == 0 for p in positives)),
+        output.missing,
     )
     report.files["results"] = str(out / "results.json")
     write_json(out / "results.json", {**report.to_json(), "settings": settings.as_dict(), "radius_m": radius})
