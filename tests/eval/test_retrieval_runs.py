@@ -141,3 +141,27 @@ def test_a_query_without_features_counts_as_a_miss(revisitop_root):
     assert ranking.queries == ["q0", "q2"]  # q1 has no line at all
     # 2 of 3 queries perfect, q1 ranked by the id-order fallback (its positives are not first)
     assert 60 < report.after["medium"]["map"] < 100
+
+
+def test_each_protocol_reranks_without_its_own_junk(revisitop_root):
+    from delfi.eval.revisitop_run import run_revisitop
+
+    root, out, gnd, imlist = revisitop_root
+    report = run_revisitop(root, "roxford5k", out, settings=RetrievalSettings(rerank=RerankConfig(top_k=5)))
+    easy = read_ranking(out / "reranked_easy.txt", database=imlist)
+    hard = read_ranking(out / "reranked_hard.txt", database=imlist)
+    medium = read_ranking(out / "reranked.txt", database=imlist)
+    for q, query in enumerate(medium.queries):
+        verified = {name: {imlist[i] for i, n in zip(r.indices[q], r.inliers[q]) if n >= 0}
+                    for name, r in (("easy", easy), ("medium", medium), ("hard", hard))}
+        pos_easy, pos_hard = imlist[gnd[q]["easy"][0]], imlist[gnd[q]["hard"][0]]
+        assert pos_hard not in verified["easy"] and pos_hard in verified["medium"]  # hard = junk for E
+        assert pos_easy not in verified["hard"] and pos_easy in verified["medium"]  # easy = junk for H
+        assert all(len(v) == 5 for v in verified.values())
+    assert report.files["reranked_hard"].endswith("reranked_hard.txt")
+    assert json.loads((out / "results.json").read_text())["rerank_junk"] == "protocol"
+    common = run_revisitop(root, "roxford5k", out, settings=RetrievalSettings(rerank=RerankConfig(top_k=5)),
+                           rerank_junk="common")
+    assert "reranked_hard" not in common.files
+    with pytest.raises(ValueError, match="rerank_junk"):
+        run_revisitop(root, "roxford5k", out, rerank_junk="tf")

@@ -128,3 +128,18 @@ def test_too_few_matches_give_zero_inliers():
     a, b = _features(rng, n=3), _features(rng, n=3)
     m = verify_pair(a, b, RerankConfig().matching, min_matches=4)
     assert m.num_inliers == 0 and m.meta["status"] == "not enough matches"
+
+
+def test_memo_verifies_each_pair_once(scene):
+    ranking, queries, db = scene
+    memo: dict = {}
+    seen: list = []
+    first = rerank(ranking, queries, db, RerankConfig(top_k=4), memo=memo, on_pair=lambda q, d, m: seen.append(d))
+    assert len(memo) == 4 and len(seen) == 4
+    # a second pass with other junk verifies only the pairs it has not seen
+    second = rerank(ranking, queries, db, RerankConfig(top_k=4), memo=memo, junk={"q": {"d0"}},
+                    on_pair=lambda q, d, m: seen.append(d))
+    assert seen[4:] == ["d4"] and len(memo) == 5
+    fresh = rerank(ranking, queries, db, RerankConfig(top_k=4), junk={"q": {"d0"}})
+    np.testing.assert_array_equal(second.inliers, fresh.inliers)
+    np.testing.assert_array_equal(first.indices[:, 4:], ranking.indices[:, 4:])

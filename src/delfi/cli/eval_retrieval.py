@@ -73,6 +73,7 @@ def revisitop(
     threshold: float = typer.Option(20.0, "--ransac-threshold", help="RANSAC residual threshold (px)."),
     max_distance: Optional[float] = typer.Option(None, "--max-distance", help="Putative matches: descriptor L2 distance below this (default: 1.0 for DELF/DELG, none with mutual NN otherwise)."),
     workers: int = typer.Option(0, "--workers"),
+    rerank_junk: str = typer.Option("protocol", "--rerank-junk", help="protocol (TF: each protocol reranks without its own junk) | common (one pass, common junk)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html (queries, results, matches)."),
     reuse: bool = typer.Option(False, "--reuse-features", help="Use the feature stores already in --out (no model)."),
     device: str = typer.Option("cpu", "--device"),
@@ -88,7 +89,7 @@ def revisitop(
                          index_param)
     try:
         with ProgressBar(None, "extracting / reranking") as bar:
-            result = run_revisitop(root, dataset, out, model=model, config=config, settings=settings,
+            result = run_revisitop(root, dataset, out, model=model, config=config, settings=settings, rerank_junk=rerank_junk,
                                    on_image=lambda e, s: bar.advance(e.name, s), on_query=lambda q: bar.advance(q, "done"))
     except (RevisitOPError, FileNotFoundError, ValueError, ImportError) as exc:
         raise fail(str(exc)) from None

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from delfi.types import Ranking
 
-__all__ = ["RetrievalSettings", "RetrievalOutput", "extract_images", "run_retrieval", "write_json"]
+__all__ = ["RetrievalSettings", "RetrievalOutput", "extract_images", "run_retrieval", "rerank_stores", "write_json"]
 
 
 @dataclass
@@ -71,6 +71,7 @@ def run_retrieval(
     database: Sequence[str],
     junk: Mapping[str, set[str]] | None = None,
     on_query: Callable[[str], None] | None = None,
+    memo: dict[tuple[str, str], int] | None = None,
 ) -> RetrievalOutput:
     """Index ``database``, search with ``queries``, rerank; rankings go to ``out``.
 
@@ -111,7 +112,7 @@ def run_retrieval(
         files["matches"] = str(out / "matches.h5")
     qstore, dbstore = open_store(query_store), open_store(db_store)
     try:
-        after = rerank(before, qstore, dbstore, settings.rerank, junk=junk, report=report, on_query=on_query,
+        after = rerank(before, qstore, dbstore, settings.rerank, junk=junk, report=report, on_query=on_query, memo=memo,
                        on_pair=(lambda q, d, m: match_store.put(q, d, m)) if match_store is not None else None)
     finally:
         qstore.close()
@@ -123,6 +124,16 @@ def run_retrieval(
     result.rerank_seconds_per_query = report.seconds_per_query
     result.missing = list(dict.fromkeys(missing + report.missing))
     return result
+
+
+def rerank_stores(before: Ranking, query_store, db_store, config, *, junk=None, memo=None,
+                  on_query: Callable[[str], None] | None = None) -> Ranking:
+    """One more reranking of ``before`` from the feature stores (e.g. with another junk set)."""
+    from delfi.retrieval.rerank import rerank
+    from delfi.retrieval.search import open_store
+
+    with open_store(query_store) as qstore, open_store(db_store) as dbstore:
+        return rerank(before, qstore, dbstore, config, junk=junk, memo=memo, on_query=on_query)
 
 
 def expand_ranking(ranking: Ranking, queries: Sequence[str], database: Sequence[str]) -> Ranking:

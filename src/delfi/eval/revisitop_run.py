@@ -8,9 +8,8 @@ Dataset layout (the revisitop download)::
 
 Feature stores and the index use the dataset's own names (``imlist`` / ``qimlist``, no extension),
 database ids follow ``imlist`` (so rankings index the ground truth directly). The whole database is
-ranked (the metric needs every position); reranking touches the top K only. Junk skipped while
-reranking = each query's ``junk`` list, junk under every protocol, so skipping it never changes a
-protocol's AP but keeps the K verified slots for images that count.
+ranked (the metric needs every position); reranking touches the top K only, skipping each
+protocol's junk as TF's DELG script does (see `run_revisitop`'s ``rerank_junk``).
 """
 
 from __future__ import annotations
@@ -21,16 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from delfi.eval.retrieval_run import (
-    RetrievalSettings,
-    extract_images,
-    run_retrieval,
-    write_json,
-)
+from delfi.eval.retrieval_run import RetrievalSettings, extract_images, rerank_stores, run_retrieval, write_json
+from delfi.io.rankings import write_ranking
 
-__all__ = ["DATASETS", "dataset_layout", "relevance", "RevisitopReport", "run_revisitop"]
+__all__ = ["DATASETS", "RERANK_JUNK", "dataset_layout", "relevance", "protocol_junk", "RevisitopReport",
+           "run_revisitop"]
 
 DATASETS = ("roxford5k", "rparis6k")
+RERANK_JUNK = ("protocol", "common")
 
 
 def dataset_layout(root: str | os.PathLike, dataset: str) -> tuple[Path, Path]:
@@ -56,6 +53,14 @@ def relevance(gnd: dict) -> dict[str, dict[str, set[str]]]:
         out[q] = {"positive": {names[i] for i in list(entry["easy"]) + list(entry["hard"])},
                   "junk": {names[i] for i in entry["junk"]}}
     return out
+
+
+def protocol_junk(gnd: dict, protocol: str) -> dict[str, set[str]]:
+    """Per query name, the database names that are junk under ``protocol`` (easy | medium | hard)."""
+    from delfi.eval.revisitop import protocol_sets
+
+    names = gnd["imlist"]
+    return {q: {names[i] for i in protocol_sets(entry, protocol)[1]} for q, entry in zip(gnd["qimlist"], gnd["gnd"])}
 
 
 @dataclass
@@ -89,6 +94,7 @@ def run_revisitop(
     config: dict[str, Any] | None = None,
     settings: RetrievalSettings | None = None,
     kappas: Sequence[int] = (1, 5, 10),
+    rerank_junk: str = "protocol",
     on_image: Callable | None = None,
     on_query: Callable[[str], None] | None = None,
 ) -> RevisitopReport:
@@ -103,6 +109,11 @@ def run_revisitop(
             a model the stores must already exist in ``out`` (re-scoring only).
         settings: index kind and reranking (`RetrievalSettings`; ``top_k`` is raised to the database
             size so the whole ranking is evaluated).
+        rerank_junk: ``"protocol"`` (TF's DELG script): each protocol's score comes from a reranking
+            that skips that protocol's junk (E: junk + hard, M: junk, H: junk + easy), so its K
+            verified slots go to images that count for it; ``reranked.txt`` is the Medium one,
+            ``reranked_easy.txt`` / ``reranked_hard.txt`` the others (pairs verified once, shared).
+            ``"common"``: one reranking skipping only ``junk`` (junk under every protocol).
 
     Returns:
         A `RevisitopReport`; ``results.json`` holds the same.
@@ -129,14 +140,25 @@ def run_revisitop(
             raise FileNotFoundError(f"{store}: no features (give a model to extract them)")
     settings = settings or RetrievalSettings()
     settings.top_k = len(database)
-    junk = {q: r["junk"] for q, r in relevance(gnd).items()}
+    if rerank_junk not in RERANK_JUNK:
+        raise ValueError(f"rerank_junk must be one of {RERANK_JUNK}, got {rerank_junk!r}")
+    memo: dict[tuple[str, str], int] = {}
+    junk = protocol_junk(gnd, "medium")  # = each query's junk list, junk under every protocol
     output = run_retrieval(q_store, db_store, out, settings, queries=queries, database=database, junk=junk,
-                           on_query=on_query)
+                           on_query=on_query, memo=memo)
     before = evaluate(output.before.ranks(len(database)), gnd["gnd"], kappas)
-    after = evaluate(output.after.ranks(len(database)), gnd["gnd"], kappas) if output.after is not None else None
+    after = None
+    if output.after is not None:
+        after = evaluate(output.after.ranks(len(database)), gnd["gnd"], kappas)
+        if rerank_junk == "protocol":  # TF: each protocol reranks its own top K without its junk
+            for protocol in ("easy", "hard"):
+                ranking = rerank_stores(output.before, q_store, db_store, settings.rerank,
+                                        junk=protocol_junk(gnd, protocol), memo=memo)
+                output.files[f"reranked_{protocol}"] = str(write_ranking(out / f"reranked_{protocol}.txt", ranking))
+                after[protocol] = evaluate(ranking.ranks(len(database)), gnd["gnd"], kappas)[protocol]
     result = RevisitopReport(dataset, before, after, output.files, extraction, output.rerank_seconds_per_query,
                              output.missing)
     result.files["results"] = str(out / "results.json")
-    write_json(out / "results.json", {**result.to_json(), "settings": settings.as_dict()})
+    write_json(out / "results.json", {**result.to_json(), "settings": settings.as_dict(), "rerank_junk": rerank_junk})
     return result
 

@@ -193,6 +193,7 @@ def rerank(
     on_pair: Callable[[str, str, Matches], None] | None = None,
     on_query: Callable[[str], None] | None = None,
     report: RerankReport | None = None,
+    memo: dict[tuple[str, str], int] | None = None,
 ) -> Ranking:
     """Rerank the top-K of every query of ``ranking`` by spatial verification.
 
@@ -205,6 +206,9 @@ def rerank(
             order (e.g. to keep the matches for the report).
         on_query: called with each query name when it is done (progress).
         report: filled with counts and timing when given.
+        memo: inlier counts of pairs verified before with the same config, ``(query, db) -> n``;
+            known pairs are not verified again (nor passed to ``on_pair``), new ones are added. For
+            several rerankings of one ranking that differ only in the junk they skip.
 
     Returns:
         A new `Ranking` with the same results per query in the fused order: ``scores`` fused,
@@ -229,7 +233,7 @@ def rerank(
                     qf = None
                 if qf is not None:
                     _verify_row(pool, qf, query, row, columns, ranking.database, cache, config, inliers[q],
-                                on_pair, report)
+                                on_pair, report, memo)
             report.queries += 1
             if on_query is not None:
                 on_query(query)
@@ -238,7 +242,7 @@ def rerank(
     return result
 
 
-def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_row, on_pair, report) -> None:
+def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_row, on_pair, report, memo) -> None:
     def work(k: int) -> tuple[int, Matches | None]:
         name = database[row[k]]
         try:
@@ -250,12 +254,19 @@ def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_
                              f"{dbf.descriptors.shape[1]}-D ones: query and database features come from different models")
         return k, verify_pair(qf, dbf, config.matching, config.min_matches)
 
+    if memo is not None:
+        known = [k for k in columns if (query, database[row[k]]) in memo]
+        for k in known:
+            inliers_row[k] = memo[(query, database[row[k]])]
+        columns = [k for k in columns if k not in set(known)]
     for k, matches in pool.map(work, columns):
         if matches is None:
             report.missing.append(database[row[k]])
             continue
         inliers_row[k] = matches.num_inliers
         report.pairs += 1
+        if memo is not None:
+            memo[(query, database[row[k]])] = matches.num_inliers
         if on_pair is not None:
             on_pair(query, database[row[k]], matches)
 
