@@ -110,6 +110,11 @@ def test_vpr_recall_before_and_after(vpr_root):
     assert all(v >= 1 for v in report.rank_change.values())
     saved = json.loads((out / "results.json").read_text())
     assert saved["recall_after"]["1"] == 100.0
+    # each positive's move: both positives of every query end at ranks 0 and 1; before, the
+    # look-alike held rank 0
+    for query, moves in saved["positive_ranks"].items():
+        assert [m["after"] for m in moves] == [0, 1]
+        assert min(m["before"] for m in moves) >= 1
 
 
 def test_vpr_sweep_table_and_plot(vpr_root):

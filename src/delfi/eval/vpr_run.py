@@ -24,7 +24,7 @@ from delfi.eval.retrieval_run import (
     write_json,
 )
 
-__all__ = ["vpr_layout", "VPRReport", "run_vpr", "sweep_rerank", "SweepRow", "plot_sweep"]
+__all__ = ["vpr_layout", "VPRReport", "run_vpr", "positive_rank_moves", "sweep_rerank", "SweepRow", "plot_sweep"]
 
 
 def vpr_layout(root: str | os.PathLike, split: str = "test") -> tuple[Path, list[Path], list[Path]]:
@@ -53,6 +53,7 @@ class VPRReport:
     rerank_seconds_per_query: float = 0.0
     queries_without_positives: int = 0
     missing: list[str] = field(default_factory=list)  # images without features
+    positive_ranks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per query, each positive
 
     def summary(self) -> dict[str, int]:
         changes = [v for v in self.rank_change.values() if v is not None]
@@ -63,7 +64,8 @@ class VPRReport:
         return {"recall_before": self.recall_before, "recall_after": self.recall_after,
                 "rank_change": self.rank_change, "rank_change_summary": self.summary(), "files": self.files,
                 "extraction": self.extraction, "rerank_seconds_per_query": self.rerank_seconds_per_query,
-                "queries_without_positives": self.queries_without_positives, "missing": self.missing}
+                "queries_without_positives": self.queries_without_positives, "missing": self.missing,
+                "positive_ranks": self.positive_ranks}
 
 
 def ground_truth(base: Path, db_paths: Sequence[Path], q_paths: Sequence[Path], radius: float = 25.0):
@@ -118,9 +120,25 @@ def run_vpr(
         output.files, extraction, output.rerank_seconds_per_query, int(sum(len(p) == 0 for p in positives)),
         output.missing,
     )
+    if after is not None:
+        report.positive_ranks = positive_rank_moves(before, after, positives, queries, database)
     report.files["results"] = str(out / "results.json")
     write_json(out / "results.json", {**report.to_json(), "settings": settings.as_dict(), "radius_m": radius})
     return report
+
+
+def positive_rank_moves(before: np.ndarray, after: np.ndarray, positives, queries: Sequence[str],
+                        database: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per query, every positive found in either list: ``{"db", "before", "after"}`` with 0-based
+    ranks (None when outside the list), sorted by the rank after reranking."""
+    out = {}
+    for q, name in enumerate(queries):
+        where_b = {int(i): r for r, i in enumerate(before[q]) if i >= 0}
+        where_a = {int(i): r for r, i in enumerate(after[q]) if i >= 0}
+        found = [int(p) for p in positives[q] if int(p) in where_b or int(p) in where_a]
+        moves = [{"db": database[p], "before": where_b.get(p), "after": where_a.get(p)} for p in found]
+        out[name] = sorted(moves, key=lambda m: (m["after"] is None, m["after"] or 0))
+    return out
 
 
 @dataclass
