@@ -26,7 +26,8 @@ import numpy as np
 
 from delfi.datasets.evd import list_pairs, load_pair
 from delfi.eval.homography import corner_error
-from delfi.eval.hpatches_run import Extractor, _nan_to_none, _write_json, ensure_features
+from delfi.eval.hpatches_run import Extractor, ensure_features
+from delfi.eval.results import report_json, write_json
 from delfi.match.nn import mutual_nn
 from delfi.types import Features
 
@@ -82,18 +83,9 @@ class EVDReport:
         }
 
     def to_json(self) -> dict[str, Any]:
-        from delfi import __version__
-
-        out = self.summary()
-        out.update(
-            benchmark="evd",
-            config=self.config,
-            n_extracted=self.n_extracted,
-            seconds=self.seconds,
-            delfi_version=__version__,
-            pairs=[p.to_json() for p in self.pairs],
-        )
-        return _nan_to_none(out)
+        """The content of results.json (JSON-safe: non-finite numbers become null)."""
+        return report_json("evd", self.summary(), config=self.config, n_extracted=self.n_extracted,
+                           seconds=self.seconds, pairs=[p.to_json() for p in self.pairs])
 
     def table(self, title: str | None = None) -> Any:
         """A `rich.table.Table`: one row per pair and a summary row."""
@@ -192,7 +184,7 @@ def run_evd(
     }
     report = EVDReport(method=method, pairs=results, config=config, out_dir=run_dir, n_extracted=n_extracted)
     report.seconds = time.perf_counter() - started
-    _write_json(run_dir / "results.json", report.to_json())
+    write_json(run_dir / "results.json", report.to_json())
     return report
 
 

@@ -27,7 +27,12 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from delfi.datasets.hpatches import PAIR_INDICES, list_sequences, load_homography, sequence_type
+from delfi.datasets.hpatches import (
+    PAIR_INDICES,
+    list_sequences,
+    load_homography,
+    sequence_type,
+)
 from delfi.match.nn import mutual_nn
 from delfi.types import Features
 

@@ -50,6 +50,7 @@ from delfi.eval.hpatches import (
     load_cache,
     save_cache,
 )
+from delfi.eval.results import report_json, write_json
 from delfi.types import Features
 
 __all__ = [
@@ -175,16 +176,6 @@ class PairRecord:
         return out
 
 
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
-
-
 @dataclass
 class HPatchesReport:
     """The outcome of `run_hpatches`.
@@ -230,19 +221,9 @@ class HPatchesReport:
 
     def to_json(self) -> dict[str, Any]:
         """The content of results.json (JSON-safe: non-finite numbers become null)."""
-        from delfi import __version__
-
-        out = self.summary()
-        out.update(
-            benchmark="hpatches",
-            protocol="D2-Net (mutual NN, MMA), homography accuracy by RANSAC corner error",
-            config=self.config,
-            n_extracted=self.n_extracted,
-            seconds=self.seconds,
-            delfi_version=__version__,
-            pairs=[p.to_json() for p in self.pairs],
-        )
-        return _nan_to_none(out)
+        return report_json("hpatches", self.summary(), config=self.config, n_extracted=self.n_extracted,
+                           seconds=self.seconds, pairs=[p.to_json() for p in self.pairs],
+                           protocol="D2-Net (mutual NN, MMA), homography accuracy by RANSAC corner error")
 
     def table(self, title: str | None = None) -> Any:
         """A `rich.table.Table` with this run as one row (see `compare_table`)."""
@@ -469,7 +450,7 @@ def run_hpatches(
 
         plot_mma_curves({method: result}, run_dir / "mma.png", title=f"HPatches: {method}")
     report.seconds = time.perf_counter() - started
-    _write_json(run_dir / "results.json", report.to_json())
+    write_json(run_dir / "results.json", report.to_json())
     return report
 
 
@@ -477,9 +458,3 @@ def _image_size(path: Path) -> tuple[int, int]:
     from delfi.io.images import image_size
 
     return image_size(path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)

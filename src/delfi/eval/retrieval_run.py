@@ -7,7 +7,6 @@ and produces the rankings before and after spatial-verification reranking; the b
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from delfi.types import Ranking
 
-__all__ = ["RetrievalSettings", "RetrievalOutput", "extract_images", "run_retrieval", "rerank_stores", "write_json"]
+__all__ = ["RetrievalSettings", "RetrievalOutput", "extract_images", "run_retrieval", "rerank_stores"]
 
 
 @dataclass
@@ -50,15 +49,6 @@ def extract_images(model: Any, config: dict[str, Any], entries, out: str | os.Pa
 
     return extract_to_store(model, entries, out, config=config, boxes=dict(boxes) if boxes else None,
                             on_image=on_image)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """JSON with sorted keys, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def run_retrieval(

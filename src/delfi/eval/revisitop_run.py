@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from delfi.eval.retrieval_run import RetrievalSettings, extract_images, rerank_stores, run_retrieval, write_json
+from delfi.eval.results import write_json
+from delfi.eval.retrieval_run import (
+    RetrievalSettings,
+    extract_images,
+    rerank_stores,
+    run_retrieval,
+)
 from delfi.io.rankings import write_ranking
 
 __all__ = ["DATASETS", "RERANK_JUNK", "dataset_layout", "relevance", "protocol_junk", "RevisitopReport",

@@ -17,12 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from delfi.eval.retrieval_run import (
-    RetrievalSettings,
-    extract_images,
-    run_retrieval,
-    write_json,
-)
+from delfi.eval.results import write_json
+from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval
 
 __all__ = ["vpr_layout", "VPRReport", "run_vpr", "positive_rank_moves", "sweep_rerank", "SweepRow", "plot_sweep"]
 
