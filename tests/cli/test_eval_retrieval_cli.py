@@ -106,7 +106,7 @@ def test_eval_vpr_and_sweep(tmp_path):
                     "--max-distance", 1.2, "--ransac-threshold", 20)
     assert result.exit_code == 0, result.output
     assert (out / "sweep.png").stat().st_size > 5000
-    assert len(json.loads((out / "sweep.json").read_text())) == 2
+    assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 2
 
 
 def test_eval_revisitop_goes_on_without_a_bad_image(tmp_path, oxford_root):

@@ -122,12 +122,14 @@ def test_vpr_sweep_table_and_plot(vpr_root):
 
     root, out = vpr_root
     run_vpr(root, out, settings=RetrievalSettings(rerank=None))
-    rows = sweep_rerank(root, out, top_ks=(1, 5), max_distances=(1.0,), thresholds=(5.0, 20.0))
+    sweep = sweep_rerank(root, out, top_ks=(1, 5), max_distances=(1.0,), thresholds=(5.0, 20.0))
+    rows = sweep.rows
+    assert sweep.recall_before[1] == 0.0 and sweep.best.top_k == 5
     assert [(r.top_k, r.threshold) for r in rows] == [(1, 5.0), (1, 20.0), (5, 5.0), (5, 20.0)]
     by_k = {r.top_k: r.recall[1] for r in rows}
     assert by_k[1] == 0.0  # reranking the top 1 cannot change anything
     assert by_k[5] == 100.0
-    assert json.loads((out / "sweep.json").read_text())[0]["top_k"] == 1
+    assert json.loads((out / "sweep.json").read_text())["rows"][0]["top_k"] == 1
     picture = plot_sweep(rows, out / "sweep.png", before=0.0)
     assert picture.stat().st_size > 5000
 

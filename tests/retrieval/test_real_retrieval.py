@@ -51,8 +51,8 @@ def _is_correct(query: str, result: str) -> bool:
 
 def test_asmk_then_rerank_puts_the_true_partner_first(stores):
     from delfi.match.pipeline import MatchingConfig
-    from delfi.retrieval.rerank import RerankConfig, rerank
-    from delfi.retrieval.search import build_index, open_store, search
+    from delfi.retrieval.rerank import RerankConfig, rerank_stores
+    from delfi.retrieval.search import build_index, search
 
     out, db_names = stores
     index = build_index(out / "db.h5", out / "asmk", kind="asmk", params={"codebook_size": 256})
@@ -63,8 +63,7 @@ def test_asmk_then_rerank_puts_the_true_partner_first(stores):
     # R2D2 descriptors need mutual nearest neighbours (the TF distance-1.0 rule is made for DELG's)
     config = RerankConfig(top_k=len(db_names), matching=MatchingConfig(
         mutual=True, max_distance=None, geometry="homography", threshold=20.0, max_iters=1000, seed=0))
-    with open_store(out / "q.h5") as qs, open_store(out / "db.h5") as ds:
-        after = rerank(before, qs, ds, config)
+    after = rerank_stores(before, out / "q.h5", out / "db.h5", config)
     for qi, q in enumerate(after.queries):
         name = after.results(q)[0][0]
         assert _is_correct(q, name), (q, after.results(q)[:3])

@@ -12,6 +12,21 @@ from rich.table import Table
 from delfi.cli.common import EXIT_FAILED, ProgressBar, fail, failures_table, load_model, stderr_console
 
 
+# Options shared by `eval revisitop` and `eval vpr`.
+INDEX_OPTION = typer.Option("exact", "--index", help="exact | flat | ivfpq (global descriptors) | asmk (local descriptors).")
+INDEX_PARAM_OPTION = typer.Option(None, "--index-param", help="Index setting key=value, repeatable (e.g. codebook_size=4096).")
+RERANK_K_OPTION = typer.Option(100, "--rerank-k", help="Rerank the top K by spatial verification (0: off).")
+FUSION_OPTION = typer.Option("lexicographic", "--fusion", help="lexicographic (inliers, global) | weighted | min_inliers.")
+GEOMETRY_OPTION = typer.Option("affine", "--geometry", help="affine | homography | fundamental.")
+THRESHOLD_OPTION = typer.Option(20.0, "--ransac-threshold", help="RANSAC residual threshold (px).")
+MAX_DISTANCE_OPTION = typer.Option(None, "--max-distance", help="Putative matches: descriptor L2 distance below this (default: 1.0 for DELF/DELG, none with mutual NN otherwise).")
+WORKERS_OPTION = typer.Option(0, "--workers", help="Reranking threads (0: one per core).")
+REPORT_OPTION = typer.Option(True, "--report/--no-report", help="Write report.html (queries, results, match pictures).")
+REUSE_OPTION = typer.Option(False, "--reuse-features", help="Use the feature stores already in --out (no model).")
+DEVICE_OPTION = typer.Option("cpu", "--device")
+OVERRIDES_OPTION = typer.Argument(None, help="Config overrides key=value.")
+
+
 def _settings(index: str, rerank_k: int, fusion: str, geometry: str, threshold: float, max_distance: Optional[float],
               workers: int, keep_matches: bool, family: Optional[str], index_params: Optional[List[str]] = None):
     """Retrieval settings; the putative-matching rule follows the model family (TF rule for
@@ -65,19 +80,19 @@ def revisitop(
     preset: str = typer.Option("delg", "--preset", "-p"),
     weights: Optional[str] = typer.Option(None, "--weights", "-w"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default results/<dataset>/<method>)."),
-    index: str = typer.Option("exact", "--index", help="exact | flat | ivfpq (global) | asmk (local descriptors)."),
-    index_param: Optional[List[str]] = typer.Option(None, "--index-param", help="Index setting key=value, repeatable (e.g. codebook_size=4096)."),
-    rerank_k: int = typer.Option(100, "--rerank-k", help="Rerank the top K by spatial verification (0: off)."),
-    fusion: str = typer.Option("lexicographic", "--fusion"),
-    geometry: str = typer.Option("affine", "--geometry"),
-    threshold: float = typer.Option(20.0, "--ransac-threshold", help="RANSAC residual threshold (px)."),
-    max_distance: Optional[float] = typer.Option(None, "--max-distance", help="Putative matches: descriptor L2 distance below this (default: 1.0 for DELF/DELG, none with mutual NN otherwise)."),
-    workers: int = typer.Option(0, "--workers"),
+    index: str = INDEX_OPTION,
+    index_param: Optional[List[str]] = INDEX_PARAM_OPTION,
+    rerank_k: int = RERANK_K_OPTION,
+    fusion: str = FUSION_OPTION,
+    geometry: str = GEOMETRY_OPTION,
+    threshold: float = THRESHOLD_OPTION,
+    max_distance: Optional[float] = MAX_DISTANCE_OPTION,
+    workers: int = WORKERS_OPTION,
     rerank_junk: str = typer.Option("protocol", "--rerank-junk", help="protocol (TF: each protocol reranks without its own junk) | common (one pass, common junk)."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html (queries, results, matches)."),
-    reuse: bool = typer.Option(False, "--reuse-features", help="Use the feature stores already in --out (no model)."),
-    device: str = typer.Option("cpu", "--device"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
+    report: bool = REPORT_OPTION,
+    reuse: bool = REUSE_OPTION,
+    device: str = DEVICE_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
     """Revisited Oxford / Paris: mAP and mP@1/5/10 for Easy, Medium, Hard, before and after reranking."""
     from delfi.datasets.revisitop import RevisitOPError
@@ -147,19 +162,19 @@ def vpr(
     preset: str = typer.Option("vpr-delg", "--preset", "-p"),
     weights: Optional[str] = typer.Option(None, "--weights", "-w"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default results/vpr/<method>)."),
-    index: str = typer.Option("exact", "--index", help="exact | flat | ivfpq (global) | asmk (local descriptors)."),
-    index_param: Optional[List[str]] = typer.Option(None, "--index-param", help="Index setting key=value, repeatable."),
-    rerank_k: int = typer.Option(100, "--rerank-k", help="Rerank the top K (0: off)."),
-    fusion: str = typer.Option("lexicographic", "--fusion"),
-    geometry: str = typer.Option("affine", "--geometry"),
-    threshold: float = typer.Option(20.0, "--ransac-threshold"),
-    max_distance: Optional[float] = typer.Option(None, "--max-distance", help="Putative matches: L2 distance bound (default: 1.0 for DELF/DELG, none otherwise)."),
+    index: str = INDEX_OPTION,
+    index_param: Optional[List[str]] = INDEX_PARAM_OPTION,
+    rerank_k: int = RERANK_K_OPTION,
+    fusion: str = FUSION_OPTION,
+    geometry: str = GEOMETRY_OPTION,
+    threshold: float = THRESHOLD_OPTION,
+    max_distance: Optional[float] = MAX_DISTANCE_OPTION,
     radius: float = typer.Option(25.0, "--radius", help="Positives: database images within this many metres."),
-    workers: int = typer.Option(0, "--workers"),
-    report: bool = typer.Option(True, "--report/--no-report"),
-    reuse: bool = typer.Option(False, "--reuse-features", help="Use the feature stores already in --out (no model)."),
-    device: str = typer.Option("cpu", "--device"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
+    workers: int = WORKERS_OPTION,
+    report: bool = REPORT_OPTION,
+    reuse: bool = REUSE_OPTION,
+    device: str = DEVICE_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
     """Place recognition: recall@1/5/10/20 before and after reranking, positive rank changes."""
     from delfi.eval.vpr_run import run_vpr
@@ -195,10 +210,10 @@ def vpr(
 
 def _report_vpr(root: Path, split: str, out: Path, radius: float, result) -> None:
     from delfi.cli.report import write_run_report
-    from delfi.eval.vpr_run import _names, ground_truth, vpr_layout
+    from delfi.eval.vpr_run import ground_truth, store_names, vpr_layout
 
     base, db_paths, q_paths = vpr_layout(root, split)
-    database, queries = _names(base, db_paths), _names(base, q_paths)
+    database, queries = store_names(base, db_paths), store_names(base, q_paths)
     positives = ground_truth(base, db_paths, q_paths, radius)
     rel = {q: {"positive": {database[i] for i in p}, "junk": set()} for q, p in zip(queries, positives)}
     summary = {f"R@{n} before": v for n, v in result.recall_before.items()}
@@ -213,45 +228,32 @@ def vpr_sweep(
     top_k: List[int] = typer.Option([10, 20, 50, 100], "--k", help="K values (repeatable)."),
     max_distance: List[float] = typer.Option([0.8, 1.0, 1.2], "--max-distance", help="Matching thresholds (repeatable)."),
     threshold: List[float] = typer.Option([10.0, 20.0, 40.0], "--ransac-threshold", help="RANSAC residuals (repeatable)."),
-    geometry: str = typer.Option("affine", "--geometry"),
+    geometry: str = GEOMETRY_OPTION,
     radius: float = typer.Option(25.0, "--radius"),
-    workers: int = typer.Option(0, "--workers"),
+    workers: int = WORKERS_OPTION,
 ) -> None:
     """Sweep K x matching threshold x RANSAC residual on a finished `delfi eval vpr` run: table + plot."""
     from dataclasses import replace
 
-    from delfi.eval.vpr import recall_at_n
-    from delfi.eval.vpr_run import (
-        _names,
-        ground_truth,
-        plot_sweep,
-        sweep_rerank,
-        vpr_layout,
-    )
-    from delfi.io.rankings import read_ranking
+    from delfi.eval.vpr_run import plot_sweep, sweep_rerank
     from delfi.retrieval.rerank import RerankConfig, matching_for
 
     base_config = RerankConfig(workers=workers, matching=replace(matching_for(_family(None, out)), geometry=geometry))
     steps = len(top_k) * len(max_distance) * len(threshold)
     try:
         with ProgressBar(steps, "sweeping", unit="settings") as bar:
-            rows = sweep_rerank(root, out, split=split, top_ks=top_k, max_distances=max_distance, thresholds=threshold,
-                                base_config=base_config, radius=radius, on_step=lambda s: bar.advance(s, "done"))
-        base, db_paths, q_paths = vpr_layout(root, split)
-        ranking = read_ranking(out / "ranking.txt", database=_names(base, db_paths))
-        positives = ground_truth(base, db_paths, q_paths, radius)
-        order = {q: i for i, q in enumerate(_names(base, q_paths))}
-        before = recall_at_n(ranking.indices, [positives[order[q]] for q in ranking.queries])
+            sweep = sweep_rerank(root, out, split=split, top_ks=top_k, max_distances=max_distance, thresholds=threshold,
+                                 base_config=base_config, radius=radius, on_step=lambda s: bar.advance(s, "done"))
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
+    before = sweep.recall_before
     table = Table(title=f"reranking sweep (global: R@1 {before[1]:.1f}, R@5 {before[5]:.1f})", title_justify="left")
     for col in ("K", "match d <", "residual px", "R@1", "R@5", "R@10", "R@20", "s / query"):
         table.add_column(col, justify="right")
-    best = max(rows, key=lambda r: (r.recall[1], r.recall[5])) if rows else None
-    for r in rows:
-        style = "bold green" if r is best else None
+    for r in sweep.rows:
         table.add_row(str(r.top_k), str(r.max_distance), f"{r.threshold:g}",
-                      *(f"{r.recall[n]:.1f}" for n in (1, 5, 10, 20)), f"{r.seconds_per_query:.2f}", style=style)
+                      *(f"{r.recall[n]:.1f}" for n in (1, 5, 10, 20)), f"{r.seconds_per_query:.2f}",
+                      style="bold green" if r is sweep.best else None)
     Console().print(table)
-    picture = plot_sweep(rows, out / "sweep.png", n=1, before=before[1])
+    picture = plot_sweep(sweep.rows, out / "sweep.png", n=1, before=before[1])
     stderr_console().print(f"sweep -> {out / 'sweep.json'}, {picture}")

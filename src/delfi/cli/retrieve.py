@@ -131,49 +131,40 @@ def rerank_command(
     """Rerank the top-K of each query by local matching + RANSAC (TF DELG defaults)."""
     from dataclasses import replace
 
+    from delfi.io.features import FeatureStore
     from delfi.io.rankings import RankingFormatError, read_ranking, write_ranking
-    from delfi.retrieval.rerank import (
-        FUSIONS,
-        RerankConfig,
-        RerankReport,
-        mutual_matching,
-        rerank,
-        tf_matching,
-    )
-    from delfi.retrieval.search import open_store
+    from delfi.retrieval.rerank import FUSIONS, PUTATIVE_RULES, RerankConfig, RerankReport, rerank_stores, rule_for
 
     if fusion not in FUSIONS:
         raise fail(f"--fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-    if rule not in ("auto", "tf", "mutual"):
-        raise fail(f"--putative must be auto, tf or mutual, got {rule!r}")
+    if rule != "auto" and rule not in PUTATIVE_RULES:
+        raise fail(f"--putative must be auto, {' or '.join(PUTATIVE_RULES)}, got {rule!r}")
     try:
         before = read_ranking(ranking)
         skip = _exclusions(exclude) if exclude else None
-        qstore, dbstore = open_store(query_features), open_store(db_features)
-        family = str(qstore.attrs.get("model", ""))
-        rule = _putative_rule(rule, family)
-        base = tf_matching() if rule == "tf" else mutual_matching()
+        with FeatureStore(query_features) as store:
+            family = str(store.attrs.get("model", ""))
+        if not Path(db_features).exists():
+            raise FileNotFoundError(f"feature store {db_features} does not exist")
+    except (RankingFormatError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    rule = rule_for(family) if rule == "auto" else rule
+    base = PUTATIVE_RULES[rule]()
+    try:
         config = RerankConfig(
             top_k=top_k, fusion=fusion, weight=weight, min_inliers=min_inliers, workers=workers,
             matching=replace(base, ratio=ratio, max_distance=base.max_distance if max_distance is None else max_distance,
                              geometry=geometry, threshold=threshold, max_iters=max_iters, seed=seed, backend=backend),
         )  # fmt: skip
-    except (RankingFormatError, ValueError, OSError) as exc:
+    except ValueError as exc:
         raise fail(str(exc)) from None
     report = RerankReport()
-    store = _match_store(matches, config) if matches else None
     try:
         with ProgressBar(len(before), "reranking", unit="queries") as bar:
-            after = rerank(before, qstore, dbstore, config, junk=skip, report=report,
-                           on_pair=(lambda q, d, m: store.put(q, d, m)) if store is not None else None,
-                           on_query=lambda q: bar.advance(q, "done"))
+            after = rerank_stores(before, query_features, db_features, config, matches_out=matches, junk=skip,
+                                  report=report, on_query=lambda q: bar.advance(q, "done"))
     except ValueError as exc:
         raise fail(f"{query_features} / {db_features}: {exc}") from None
-    finally:
-        qstore.close()
-        dbstore.close()
-        if store is not None:
-            store.close()
     write_ranking(out, after)
     m = config.matching
     putative = ("mutual NN" if m.mutual else "NN") + (f", distance < {m.max_distance:g}" if m.max_distance is not None else "")
@@ -189,15 +180,6 @@ def rerank_command(
     raise typer.Exit(EXIT_FAILED if report.missing else EXIT_OK)
 
 
-def _putative_rule(rule: str, family: str) -> str:
-    """``auto`` resolved by the feature family: the TF rule for DELF / DELG, mutual NN otherwise."""
-    from delfi.retrieval.rerank import TF_RULE_FAMILIES
-
-    if rule == "auto":
-        return "tf" if family in TF_RULE_FAMILIES else "mutual"
-    return rule
-
-
 def _exclusions(path: Path) -> dict[str, set[str]]:
     from delfi.io.pairs import read_pairs
 
@@ -206,9 +188,3 @@ def _exclusions(path: Path) -> dict[str, set[str]]:
         out.setdefault(query, set()).add(db)
     return out
 
-
-def _match_store(path: Path, config):
-    from delfi.io.matches import MatchStore
-
-    return MatchStore(path, "w", attrs={"model": "rerank", "weights_sha256": "none",
-                                        "config": {"rerank": config.as_dict()}})

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from delfi.types import Ranking
 
-__all__ = ["RetrievalSettings", "RetrievalOutput", "extract_images", "run_retrieval", "rerank_stores"]
+__all__ = ["RetrievalSettings", "RetrievalOutput", "extract_images", "run_retrieval", "expand_ranking"]
 
 
 @dataclass
@@ -28,8 +28,7 @@ class RetrievalSettings:
     keep_matches: bool = False  # write the verified matches to <out>/matches.h5 (for the report)
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self) if self.rerank is None else {**asdict(self), "rerank": self.rerank.as_dict()}
-        return out
+        return asdict(self)
 
 
 @dataclass
@@ -70,14 +69,16 @@ def run_retrieval(
     follow the order of ``database``. Images without features (failed extraction) are left out of the
     index and listed in ``missing``; a query without features gets an empty ranking (a miss).
     """
+    from delfi.io.features import FeatureStore
     from delfi.io.rankings import write_ranking
-    from delfi.retrieval.search import build_index, open_store, search
+    from delfi.retrieval.rerank import RerankReport, rerank_stores
+    from delfi.retrieval.search import build_index, search
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open_store(db_store) as store:
+    with FeatureStore(db_store) as store:
         db_used = [n for n in database if n in store]
-    with open_store(query_store) as store:
+    with FeatureStore(query_store) as store:
         q_used = [q for q in queries if q in store]
     missing = [n for n in database if n not in set(db_used)] + [q for q in queries if q not in set(q_used)]
     if not db_used or not q_used:
@@ -90,40 +91,16 @@ def run_retrieval(
     result = RetrievalOutput(before, None, files, missing=missing)
     if settings.rerank is None:
         return result
-    from delfi.retrieval.rerank import RerankReport, rerank
-
     report = RerankReport()
-    match_store = None
-    if settings.keep_matches:
-        from delfi.io.matches import MatchStore
-
-        match_store = MatchStore(out / "matches.h5", "w", attrs={
-            "model": "rerank", "weights_sha256": "none", "config": {"rerank": settings.rerank.as_dict()}})
-        files["matches"] = str(out / "matches.h5")
-    qstore, dbstore = open_store(query_store), open_store(db_store)
-    try:
-        after = rerank(before, qstore, dbstore, settings.rerank, junk=junk, report=report, on_query=on_query, memo=memo,
-                       on_pair=(lambda q, d, m: match_store.put(q, d, m)) if match_store is not None else None)
-    finally:
-        qstore.close()
-        dbstore.close()
-        if match_store is not None:
-            match_store.close()
-    files["reranked"] = str(write_ranking(out / "reranked.txt", after))
-    result.after = after
+    matches_out = out / "matches.h5" if settings.keep_matches else None
+    result.after = rerank_stores(before, query_store, db_store, settings.rerank, matches_out=matches_out, junk=junk,
+                                 report=report, on_query=on_query, memo=memo)
+    files["reranked"] = str(write_ranking(out / "reranked.txt", result.after))
+    if matches_out is not None:
+        files["matches"] = str(matches_out)
     result.rerank_seconds_per_query = report.seconds_per_query
     result.missing = list(dict.fromkeys(missing + report.missing))
     return result
-
-
-def rerank_stores(before: Ranking, query_store, db_store, config, *, junk=None, memo=None,
-                  on_query: Callable[[str], None] | None = None) -> Ranking:
-    """One more reranking of ``before`` from the feature stores (e.g. with another junk set)."""
-    from delfi.retrieval.rerank import rerank
-    from delfi.retrieval.search import open_store
-
-    with open_store(query_store) as qstore, open_store(db_store) as dbstore:
-        return rerank(before, qstore, dbstore, config, junk=junk, memo=memo, on_query=on_query)
 
 
 def expand_ranking(ranking: Ranking, queries: Sequence[str], database: Sequence[str]) -> Ranking:

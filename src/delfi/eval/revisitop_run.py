@@ -21,13 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from delfi.eval.results import write_json
-from delfi.eval.retrieval_run import (
-    RetrievalSettings,
-    extract_images,
-    rerank_stores,
-    run_retrieval,
-)
+from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval
 from delfi.io.rankings import write_ranking
+from delfi.retrieval.rerank import rerank_stores
 
 __all__ = ["DATASETS", "RERANK_JUNK", "dataset_layout", "relevance", "protocol_junk", "RevisitopReport",
            "run_revisitop"]

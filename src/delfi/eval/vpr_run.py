@@ -20,7 +20,8 @@ import numpy as np
 from delfi.eval.results import write_json
 from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval
 
-__all__ = ["vpr_layout", "VPRReport", "run_vpr", "positive_rank_moves", "sweep_rerank", "SweepRow", "plot_sweep"]
+__all__ = ["vpr_layout", "VPRReport", "run_vpr", "positive_rank_moves", "sweep_rerank", "Sweep", "SweepRow", "plot_sweep",
+           "store_names"]
 
 
 def vpr_layout(root: str | os.PathLike, split: str = "test") -> tuple[Path, list[Path], list[Path]]:
@@ -35,7 +36,8 @@ def vpr_layout(root: str | os.PathLike, split: str = "test") -> tuple[Path, list
     return base, db, queries
 
 
-def _names(base: Path, paths: Sequence[Path]) -> list[str]:
+def store_names(base: Path, paths: Sequence[Path]) -> list[str]:
+    """Feature-store names of image paths: posix paths relative to the split folder."""
     return [p.relative_to(base).as_posix() for p in paths]
 
 
@@ -92,7 +94,7 @@ def run_vpr(
     base, db_paths, q_paths = vpr_layout(root, split)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    database, queries = _names(base, db_paths), _names(base, q_paths)
+    database, queries = store_names(base, db_paths), store_names(base, q_paths)
     positives = ground_truth(base, db_paths, q_paths, radius)
     q_store, db_store = out / "queries.h5", out / "db.h5"
     extraction: dict[str, Any] = {}
@@ -146,6 +148,17 @@ class SweepRow:
     seconds_per_query: float
 
 
+@dataclass
+class Sweep:
+    recall_before: dict[int, float]  # the global ranking's recall@N
+    rows: list[SweepRow]  # one per (K, matching threshold, residual)
+
+    @property
+    def best(self) -> SweepRow | None:
+        """The row with the highest recall@1 (then @5); the first such row on ties."""
+        return max(self.rows, key=lambda r: (r.recall[1], r.recall[5])) if self.rows else None
+
+
 def sweep_rerank(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -158,41 +171,38 @@ def sweep_rerank(
     ns: Sequence[int] = (1, 5, 10, 20),
     radius: float = 25.0,
     on_step: Callable[[str], None] | None = None,
-) -> list[SweepRow]:
+) -> Sweep:
     """Rerank the stored ranking of a `run_vpr` output folder for every (K, matching threshold,
-    RANSAC residual) combination; returns one row per combination (recall@N after reranking).
+    RANSAC residual) combination: recall@N of the global ranking and after each reranking
+    (also written to ``sweep.json``).
 
     The folder must hold ``queries.h5``, ``db.h5`` and ``ranking.txt`` (run `run_vpr` first).
     """
     from delfi.eval.vpr import recall_at_n
+    from delfi.io.features import FeatureStore
     from delfi.io.rankings import read_ranking
     from delfi.retrieval.rerank import RerankConfig, RerankReport, rerank
-    from delfi.retrieval.search import open_store
 
     base, db_paths, q_paths = vpr_layout(root, split)
     out = Path(out)
-    database = _names(base, db_paths)
     positives = ground_truth(base, db_paths, q_paths, radius)
-    ranking = read_ranking(out / "ranking.txt", database=database)
-    order = {q: i for i, q in enumerate(_names(base, q_paths))}
+    ranking = read_ranking(out / "ranking.txt", database=store_names(base, db_paths))
+    order = {q: i for i, q in enumerate(store_names(base, q_paths))}
     pos = [positives[order[q]] for q in ranking.queries]
     base_config = base_config or RerankConfig()
-    rows = []
-    qstore, dbstore = open_store(out / "queries.h5"), open_store(out / "db.h5")
-    try:
+    sweep = Sweep(recall_at_n(ranking.indices, pos, ns), [])
+    with FeatureStore(out / "queries.h5") as qstore, FeatureStore(out / "db.h5") as dbstore:
         for k, dist, thr in itertools.product(top_ks, max_distances, thresholds):
             config = replace(base_config, top_k=int(k), matching=replace(base_config.matching, max_distance=dist,
                                                                          threshold=float(thr)))
             report = RerankReport()
             after = rerank(ranking, qstore, dbstore, config, report=report)
-            rows.append(SweepRow(int(k), dist, float(thr), recall_at_n(after.indices, pos, ns), report.seconds_per_query))
+            sweep.rows.append(SweepRow(int(k), dist, float(thr), recall_at_n(after.indices, pos, ns),
+                                       report.seconds_per_query))
             if on_step is not None:
                 on_step(f"K={k} d<{dist} r={thr}")
-    finally:
-        qstore.close()
-        dbstore.close()
-    write_json(out / "sweep.json", [row.__dict__ for row in rows])
-    return rows
+    write_json(out / "sweep.json", {"recall_before": sweep.recall_before, "rows": [r.__dict__ for r in sweep.rows]})
+    return sweep
 
 
 def plot_sweep(rows: Sequence[SweepRow], out: str | os.PathLike, n: int = 1, before: float | None = None) -> Path:

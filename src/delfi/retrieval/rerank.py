@@ -25,6 +25,7 @@ has its own fixed seed, so the result does not depend on the number of workers o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import OrderedDict
@@ -38,8 +39,8 @@ import torch
 from delfi.match.pipeline import MatchingConfig
 from delfi.types import Features, Matches, Ranking
 
-__all__ = ["RerankConfig", "FUSIONS", "rerank", "fuse_scores", "verify_pair", "FeatureCache", "tf_matching",
-           "mutual_matching", "matching_for"]
+__all__ = ["RerankConfig", "FUSIONS", "rerank", "rerank_stores", "fuse_scores", "verify_pair", "FeatureCache", "tf_matching",
+           "mutual_matching", "matching_for", "rule_for", "PUTATIVE_RULES"]
 
 FUSIONS = ("lexicographic", "weighted", "min_inliers")
 
@@ -62,10 +63,18 @@ TF_RULE_FAMILIES = ("delf", "delg")
 """Model families whose descriptors the TF distance-1.0 rule was made for."""
 
 
-def matching_for(family: str | None) -> MatchingConfig:
+PUTATIVE_RULES = {"tf": tf_matching, "mutual": mutual_matching}
+
+
+def rule_for(family: str | None) -> str:
     """The default putative-matching rule for features of a model family (a feature store's
-    ``model`` attribute): the TF rule for DELF / DELG, mutual nearest neighbours otherwise."""
-    return tf_matching() if family in TF_RULE_FAMILIES else mutual_matching()
+    ``model`` attribute): ``"tf"`` for DELF / DELG, ``"mutual"`` otherwise."""
+    return "tf" if family in TF_RULE_FAMILIES else "mutual"
+
+
+def matching_for(family: str | None) -> MatchingConfig:
+    """The matching settings of `rule_for` ``family``."""
+    return PUTATIVE_RULES[rule_for(family)]()
 
 
 @dataclass
@@ -242,6 +251,33 @@ def rerank(
     return result
 
 
+def rerank_stores(
+    ranking: Ranking,
+    query_store: str | os.PathLike,
+    db_store: str | os.PathLike,
+    config: RerankConfig | None = None,
+    *,
+    matches_out: str | os.PathLike | None = None,
+    **options: Any,
+) -> Ranking:
+    """`rerank` with the features read from two feature stores (``options``: those of `rerank`).
+
+    ``matches_out``: a match store (created afresh) that keeps every verified pair's matches.
+    """
+    from delfi.io.features import FeatureStore
+    from delfi.io.matches import MatchStore
+
+    config = config or RerankConfig()
+    with contextlib.ExitStack() as stack:
+        queries = stack.enter_context(FeatureStore(query_store))
+        database = stack.enter_context(FeatureStore(db_store))
+        if matches_out is not None:
+            store = stack.enter_context(MatchStore(matches_out, "w", attrs={
+                "model": "rerank", "weights_sha256": "none", "config": {"rerank": config.as_dict()}}))
+            options["on_pair"] = store.put
+        return rerank(ranking, queries, database, config, **options)
+
+
 def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_row, on_pair, report, memo) -> None:
     def work(k: int) -> tuple[int, Matches | None]:
         name = database[row[k]]
@@ -255,10 +291,9 @@ def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_
         return k, verify_pair(qf, dbf, config.matching, config.min_matches)
 
     if memo is not None:
-        known = [k for k in columns if (query, database[row[k]]) in memo]
-        for k in known:
-            inliers_row[k] = memo[(query, database[row[k]])]
-        columns = [k for k in columns if k not in set(known)]
+        for k in columns:
+            inliers_row[k] = memo.get((query, database[row[k]]), -1)
+        columns = [k for k in columns if inliers_row[k] < 0]
     for k, matches in pool.map(work, columns):
         if matches is None:
             report.missing.append(database[row[k]])

@@ -7,7 +7,6 @@ descriptors (DELF, DELG local, R2D2) to an `ASMKIndex`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -171,11 +170,3 @@ def search(
             scores, ids = index.search(vectors, top_k, batch_size=batch_size, nprobe=nprobe)
     return ranking_from_scores(names, index.names, scores, ids)
 
-
-def open_store(path: str | os.PathLike):
-    """A read-only `FeatureStore` (for `rerank`)."""
-    from delfi.io.features import FeatureStore
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such feature store")
-    return FeatureStore(path)
