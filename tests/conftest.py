@@ -28,3 +28,16 @@ def shared_data() -> Path:
 def _isolated_delfi_home(tmp_path_factory, monkeypatch):
     """Every test gets its own empty DELFI_HOME so no test touches the user's cache."""
     monkeypatch.setenv("DELFI_HOME", str(tmp_path_factory.mktemp("delfi_home")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module (use with ``pytest.mark.usefixtures``): for modules of
+    tiny ResNet passes, as fast on an idle machine and free of the OpenMP stalls (20x slower passes)
+    seen when other processes share the CPUs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,14 +22,7 @@ from delfi.extract.receptive import (
 from delfi.models.resnet import STAGES, ResNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """ResNet-50 passes are tiny here: one intra-op thread is as fast on an idle machine and avoids
-    OpenMP stalls (20x slower passes) when other processes share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

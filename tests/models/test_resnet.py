@@ -27,14 +27,7 @@ from delfi.models.resnet import (
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """ResNet-50 passes are tiny here: one intra-op thread is as fast on an idle machine and avoids
-    OpenMP stalls (20x slower passes) when other processes share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def torchvision_keys(depth: int, with_fc: bool = True) -> list[str]:
