@@ -30,7 +30,7 @@ import os
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
@@ -133,19 +133,15 @@ class FeatureCache:
 
 
 def verify_pair(query: Features, db: Features, matching: MatchingConfig, min_matches: int = 4) -> Matches:
-    """Putative matches query -> db, then RANSAC; ``meta["status"]`` explains a zero."""
-    from delfi.match.nn import mutual_nn
-    from delfi.match.verify import verify
+    """`match_features` (putative matches query -> db, then RANSAC), with TF's rule that fewer than
+    ``min_matches`` putative matches count as 0 inliers; ``meta["status"]`` explains a zero."""
+    from delfi.match.pipeline import match_features
 
-    matches = mutual_nn(query.descriptors, db.descriptors, ratio=matching.ratio,
-                        max_distance=matching.max_distance, mutual=matching.mutual)
-    if len(matches) < max(min_matches, 1):
-        return Matches(matches.indices, matches.scores, inliers=torch.zeros(len(matches), dtype=torch.bool),
-                       kind=matching.geometry, meta={"status": "not enough matches", "required": min_matches,
-                                                     "num_inliers": 0})
-    return verify(query, db, matches, matching.geometry, threshold=matching.threshold,
-                  confidence=matching.confidence, max_iters=matching.max_iters, seed=matching.seed,
-                  backend=matching.backend)
+    matches = match_features(query, db, matching)
+    if len(matches) >= min_matches:
+        return matches
+    return replace(matches, inliers=torch.zeros(len(matches), dtype=torch.bool), model=None,
+                   meta={**matches.meta, "status": "not enough matches", "required": min_matches, "num_inliers": 0})
 
 
 def fuse_scores(global_scores: np.ndarray, inliers: np.ndarray, config: RerankConfig) -> np.ndarray:
