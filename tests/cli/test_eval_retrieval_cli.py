@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_eval_revisitop_end_to_end(tmp_path, oxford_root):
     page = (out / "report.html").read_text()
     assert "query0" in page and "query1" in page and "positive" in page
     pictures = sorted((out / "matches").glob("*.png"))
-    assert pictures and all(f'href="matches/{p.name}"' in page for p in pictures)
+    assert pictures and all(f'href="matches/{quote(p.name)}"' in page for p in pictures)
     saved = json.loads((out / "results.json").read_text())
     for key in ("before", "after"):
         assert set(saved[key]) == {"easy", "medium", "hard"}

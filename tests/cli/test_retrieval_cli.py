@@ -129,7 +129,7 @@ def test_report_command(tmp_path, stores):
     pictures = list((tmp_path / "out" / "report_matches").glob("*.png"))
     names = {p.name for p in pictures}
     # at most 3 per query, and each query's two positives (ranked first after reranking) are drawn
-    assert len(pictures) <= 9 and {f"q{i}__q{i}_pos{k}.png" for i in range(3) for k in range(2)} <= names
+    assert len(pictures) <= 9 and {f"q{i}+q{i}_pos{k}.png" for i in range(3) for k in range(2)} <= names
     result = invoke("report", "--ranking", tmp_path / "rr.txt", "--images", tmp_path / "photos", "--matches",
                     tmp_path / "m.h5", "--out", tmp_path / "x.html")
     assert result.exit_code == 2 and "--query-features" in result.output

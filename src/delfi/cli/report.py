@@ -46,10 +46,10 @@ def match_pictures(ranking, matches_path: Path, query_store: Path, db_store: Pat
                 qpath, dpath = image_path(query), image_path(db)
                 if (query, db) not in store or qpath is None or dpath is None or query not in qs or db not in ds:
                     continue
-                target = out_dir / f"{quote(query, safe='')}__{quote(db, safe='')}.png"
-                if not target.exists():
-                    plot_matches(qpath, dpath, qs[query], ds[db], store.get(query, db), out=target,
-                                 names=(query, db), max_lines=300)
+                # quote() encodes '+', so the separator cannot occur inside either name
+                target = out_dir / f"{quote(query, safe='')}+{quote(db, safe='')}.png"
+                plot_matches(qpath, dpath, qs[query], ds[db], store.get(query, db), out=target,
+                             names=(query, db), max_lines=300)  # always redrawn: a rerun may verify differently
                 pictures[(query, db)] = target
                 drawn += 1
     return pictures
