@@ -77,15 +77,18 @@ def local_descriptors(store, names: Sequence[str] | None = None,
 
 
 def _training_sample(descriptors: list[np.ndarray], size: int, seed: int) -> np.ndarray:
-    """Up to ``size`` local descriptors drawn uniformly from all images (fixed seed)."""
-    total = sum(len(d) for d in descriptors)
+    """Up to ``size`` local descriptors drawn uniformly from all images (fixed seed), gathered
+    without concatenating every image's descriptors first (that copy would double the memory)."""
+    counts = np.array([len(d) for d in descriptors], dtype=np.int64)
+    total = int(counts.sum())
     if total == 0:
         raise ValueError("no local descriptors to train the ASMK codebook on")
-    all_rows = np.concatenate(descriptors)
     if total <= size:
-        return all_rows
+        return np.concatenate(descriptors)
     pick = np.sort(np.random.default_rng(seed).choice(total, size, replace=False))
-    return all_rows[pick]
+    starts = np.cumsum(counts) - counts
+    image = np.searchsorted(starts, pick, side="right") - 1
+    return np.stack([descriptors[i][p - starts[i]] for i, p in zip(image, pick)])
 
 
 def build_index(
