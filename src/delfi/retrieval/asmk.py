@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from delfi.retrieval.arrays import as_matrix
 from delfi.retrieval.storage import (
     IndexFormatError,
     read_index_meta,
@@ -97,20 +98,6 @@ def _asmk() -> SimpleNamespace:
 
     return SimpleNamespace(Codebook=codebook.Codebook, IVF=inverted_file.IVF, Kernel=TrueHammingKernel,
                            IndexFactory=SeededFaissL2Index)
-
-
-def _as_matrix(x: Any, dim: int, what: str) -> np.ndarray:
-    """Descriptors (numpy or torch) as a contiguous float32 (n, dim) array; empty input -> (0, dim)."""
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu().float().numpy()
-    a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    if a.size == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    if a.ndim != 2 or a.shape[1] != dim:
-        raise ValueError(f"{what}: expected descriptors of shape (n, {dim}), got {tuple(a.shape)}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{what}: descriptors contain NaN or inf")
-    return a
 
 
 class ASMKIndex:
@@ -206,7 +193,7 @@ class ASMKIndex:
         """
         if len(self):
             raise RuntimeError("ASMKIndex.train: the index already holds images; build a new index to retrain")
-        x = _as_matrix(descriptors, self.dim, "training descriptors")
+        x = as_matrix(descriptors, "training descriptors", self.dim)
         if x.shape[0] < self.codebook_size:
             raise ValueError(f"training needs at least codebook_size={self.codebook_size} descriptors, "
                              f"got {x.shape[0]}")
@@ -226,7 +213,7 @@ class ASMKIndex:
         descriptors_per_image, names = list(descriptors_per_image), [str(n) for n in names]
         if len(descriptors_per_image) != len(names):
             raise ValueError(f"got {len(descriptors_per_image)} descriptor arrays but {len(names)} names")
-        mats = [_as_matrix(d, self.dim, f"image {n!r}") for d, n in zip(descriptors_per_image, names)]
+        mats = [as_matrix(d, f"image {n!r}", self.dim) for d, n in zip(descriptors_per_image, names)]
         for n in names:
             if not n or "\n" in n or "\r" in n:
                 raise ValueError(f"index names must be non-empty and on one line, got {n!r}")
@@ -293,7 +280,7 @@ class ASMKIndex:
         k, n = int(k), len(self)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
-        mats = [_as_matrix(q, self.dim, f"query {i}") for i, q in enumerate(queries)]
+        mats = [as_matrix(q, f"query {i}", self.dim) for i, q in enumerate(queries)]
         take = min(k, n)
         ident = np.arange(n)
 

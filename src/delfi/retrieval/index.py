@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from delfi.retrieval.arrays import as_matrix
 from delfi.retrieval.storage import (
     IndexFormatError,
     read_index_meta,
@@ -66,21 +67,6 @@ def _faiss():
     except ImportError as exc:
         raise ImportError('the "flat" and "ivfpq" index kinds need FAISS: pip install "delfi[index]"') from exc
     return faiss
-
-
-def _as_matrix(x: Any, what: str, dim: int | None = None) -> np.ndarray:
-    """(N, D) contiguous float32 from a numpy array, a torch tensor or nested lists."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D (N, D) array, got shape {tuple(x.shape)}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{what} have dimension {x.shape[1]} but the index has dimension {dim}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
-    return x
 
 
 def _ivfpq(index):
@@ -187,7 +173,7 @@ class GlobalIndex:
               **params: Any) -> GlobalIndex:  # fmt: skip
         """An index of ``vectors`` (N, D) named ``names`` (N); IVF-PQ is trained on ``train_vectors`` or,
         when None, on a seeded random sample of ``vectors`` (at most max(64 * nlist, 65536) of them)."""
-        vectors = _as_matrix(vectors, "vectors")
+        vectors = as_matrix(vectors, "vectors")
         index = cls(vectors.shape[1], kind, **params)
         if not index.is_trained:
             index.train(index.training_sample(vectors) if train_vectors is None else train_vectors)
@@ -205,7 +191,7 @@ class GlobalIndex:
     def train(self, vectors: Any) -> None:
         """Train IVF-PQ (coarse k-means and PQ codebooks) on ``vectors`` (T, D); nothing to do for the
         other kinds. Needs T >= max(nlist, 2**nbits); FAISS recommends >= 39 * nlist."""
-        vectors = _as_matrix(vectors, "training vectors", self._dim)
+        vectors = as_matrix(vectors, "training vectors", self._dim)
         if self._kind != "ivfpq":
             return
         need = max(self.params["nlist"], 1 << self.params["nbits"])
@@ -218,7 +204,7 @@ class GlobalIndex:
     def add(self, vectors: Any, names: Sequence[str]) -> None:
         """Append ``vectors`` (N, D) with their ``names`` (N, unique in the whole index); ids continue
         from ``len(self)``."""
-        vectors = _as_matrix(vectors, "vectors", self._dim)
+        vectors = as_matrix(vectors, "vectors", self._dim)
         names = [str(n) for n in names]
         if len(names) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(names)} names")
@@ -252,7 +238,7 @@ class GlobalIndex:
             ``exact`` breaks ties by the lower id. IVF-PQ may return fewer than k results (-1 / -inf)
             when the scanned cells hold fewer vectors.
         """
-        q = _as_matrix(queries, "queries", self._dim)
+        q = as_matrix(queries, "queries", self._dim)
         if int(k) < 1 or batch_size < 1:
             raise ValueError(f"k and batch_size must be positive, got k={k}, batch_size={batch_size}")
         if not self.is_trained:
