@@ -52,7 +52,7 @@ def test_eval_revisitop_end_to_end(tmp_path, oxford_root):
     result = invoke("eval", "revisitop", "--root", oxford_root, "--dataset", "roxford5k", "--preset", "delg",
                     "--out", out, "--rerank-k", 3, *TINY_DELG)
     assert result.exit_code == 0, result.output
-    assert "mAP M" in result.output and "reranked" in result.output
+    assert "mAP" in result.output and "medium" in result.output and "reranked" in result.output
     page = (out / "report.html").read_text()
     assert "query0" in page and "query1" in page and "positive" in page
     pictures = sorted((out / "matches").glob("*.png"))
@@ -116,7 +116,7 @@ def test_eval_revisitop_goes_on_without_a_bad_image(tmp_path, oxford_root):
     result = invoke("eval", "revisitop", "--root", oxford_root, "--out", out, "--preset", "delg", "--rerank-k", 2,
                     "--no-report", *TINY_DELG)
     assert result.exit_code == 1, result.output
-    assert "db3" in result.output and "mAP M" in result.output  # reported, and the results are there
+    assert "db3" in result.output and "medium" in result.output  # reported, and the results are there
     saved = json.loads((out / "results.json").read_text())
     assert saved["missing"] == ["db3"] and saved["extraction"]["database"]["extracted"] == 4
     assert 0 <= saved["after"]["medium"]["map"] <= 100

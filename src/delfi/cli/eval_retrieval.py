@@ -129,18 +129,17 @@ def _exit_on_failures(extraction: dict, missing: list[str]) -> None:
 
 
 def revisitop_table(result) -> Table:
-    table = Table(title=f"{result.dataset}", title_justify="left")
-    table.add_column("ranking")
+    """mAP and mP@k (%) per protocol, for the global ranking and after reranking."""
     kappas = list(result.before["easy"]["mp@k"])
-    for tag in ("E", "M", "H"):
-        table.add_column(f"mAP {tag}", justify="right")
-    for tag in ("E", "M", "H"):
-        table.add_column(f"mP@{'/'.join(map(str, kappas))} {tag}", justify="right")
-    rows = [("global", result.before)] + ([("reranked", result.after)] if result.after else [])
-    for label, res in rows:
-        maps = [f"{res[p]['map']:.2f}" for p in ("easy", "medium", "hard")]
-        prs = ["/".join(f"{res[p]['mp@k'][k]:.1f}" for k in kappas) for p in ("easy", "medium", "hard")]
-        table.add_row(label, *maps, *prs)
+    stages = [("global", result.before)] + ([("reranked", result.after)] if result.after else [])
+    table = Table(title=f"{result.dataset} (%)", title_justify="left")
+    for name in ("protocol", "ranking", "mAP", *(f"mP@{k}" for k in kappas)):
+        table.add_column(name, justify="left" if name in ("protocol", "ranking") else "right")
+    for protocol in ("easy", "medium", "hard"):
+        for n, (label, res) in enumerate(stages):
+            table.add_row(protocol if n == 0 else "", label, f"{res[protocol]['map']:.2f}",
+                          *(f"{res[protocol]['mp@k'][k]:.1f}" for k in kappas),
+                          end_section=n == len(stages) - 1)
     return table
 
 
