@@ -284,6 +284,9 @@ def test_already_merged_journal_is_recognised(tmp_path: Path) -> None:
     with FeatureStore(path, "a") as store:
         assert store.names() == ["a"]
         assert not any(journal.glob("*.npz"))  # recognised as merged and deleted
+    assert not journal.exists()  # nothing left to merge: the directory goes too
+    with h5py.File(path, "r") as f:
+        assert list(f) == ["a"] and f["a"].attrs["complete"]
 
 
 def test_exit_commits_on_exception(tmp_path: Path) -> None:

@@ -181,7 +181,8 @@ class JournaledH5Store:
                 raise StoreMismatchError(f"{self.LABEL} store {self.path} was written with other settings "
                                          f"({details}); use another path or mode='w' to start afresh")
         merged = {**self._attrs, **given}
-        if merged != self._attrs or not self.path.exists():
+        # attrs.json beside an existing file: a run killed before (or while) committing it; merge again
+        if merged != self._attrs or not self.path.exists() or (self._journal_dir / _ATTRS_JSON).exists():
             self._attrs = merged
             self._dirty = True
             self._journal_dir.mkdir(parents=True, exist_ok=True)
@@ -295,7 +296,11 @@ class JournaledH5Store:
     def commit(self) -> None:
         """Merge the journal into the HDF5 file atomically (no-op when there is nothing to merge)."""
         self._require_open()
-        if self.mode == "r" or (not self._journal and not self._dirty):
+        if self.mode == "r":
+            return
+        if not self._journal and not self._dirty:
+            with contextlib.suppress(OSError):  # left empty by a run killed while cleaning up
+                self._journal_dir.rmdir()
             return
         pending = dict(self._journal)
         self._close_h5()
