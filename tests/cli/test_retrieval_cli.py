@@ -18,6 +18,18 @@ from delfi.io.rankings import read_ranking  # noqa: E402
 from .conftest import invoke  # noqa: E402
 
 
+def _copy_store(src: Path, dst: Path, model: str, change=None) -> None:
+    """Copy a feature store under another model name, applying ``change(features)`` to each entry."""
+    from delfi.io.features import FeatureStore
+
+    with FeatureStore(src) as source, FeatureStore(dst, "w", attrs={"model": model, "weights_sha256": "none", "config": {}}) as out:
+        for name in source.names():
+            features = source[name]
+            if change is not None:
+                change(features)
+            out.put(name, features)
+
+
 @pytest.fixture
 def stores(tmp_path):
     queries, db, truth = make_scene()
@@ -81,15 +93,10 @@ def test_usage_errors(tmp_path, stores):
 
 
 def test_local_only_store_needs_asmk(tmp_path, stores):
-    from delfi.io.features import FeatureStore
 
     q, db, _ = stores
     local = tmp_path / "local.h5"
-    with FeatureStore(db) as src, FeatureStore(local, "w", attrs={"model": "x", "weights_sha256": "none", "config": {}}) as dst:
-        for name in src.names():
-            f = src[name]
-            f.global_descriptor = None
-            dst.put(name, f)
+    _copy_store(db, local, "x", lambda f: setattr(f, "global_descriptor", None))
     result = invoke("index", "build", "--features", local, "--out", tmp_path / "i")
     assert result.exit_code == 2 and "--asmk" in result.output
 
@@ -155,7 +162,6 @@ def test_ivfpq_index_and_nprobe(tmp_path, stores):
 
 
 def test_putative_rule_follows_the_feature_family(tmp_path, stores):
-    from delfi.io.features import FeatureStore
 
     q, db, _ = stores
     assert invoke("index", "build", "--features", db, "--out", tmp_path / "i").exit_code == 0
@@ -171,9 +177,7 @@ def test_putative_rule_follows_the_feature_family(tmp_path, stores):
     assert result.exit_code == 2 and "--putative" in result.output
     # a DELG store gets the TF rule by default
     delg = tmp_path / "delg_q.h5"
-    with FeatureStore(q) as src, FeatureStore(delg, "w", attrs={"model": "delg", "weights_sha256": "none", "config": {}}) as dst:
-        for name in src.names():
-            dst.put(name, src[name])
+    _copy_store(q, delg, "delg")
     result = invoke("rerank", "--ranking", tmp_path / "r.txt", "--query-features", delg, "--db-features", db,
                     "--out", tmp_path / "rr.txt")
     assert result.exit_code == 0 and "NN, distance < 1 (tf, features: delg)" in result.output
@@ -182,16 +186,14 @@ def test_putative_rule_follows_the_feature_family(tmp_path, stores):
 def test_features_of_different_models_are_refused_by_name(tmp_path, stores):
     import torch
 
-    from delfi.io.features import FeatureStore
-
     q, db, _ = stores
     other = tmp_path / "other.h5"
-    with FeatureStore(q) as src, FeatureStore(other, "w", attrs={"model": "x", "weights_sha256": "none", "config": {}}) as dst:
-        for name in src.names():
-            f = src[name]
-            f.descriptors = torch.nn.functional.normalize(torch.randn(len(f), 8), dim=1)
-            f.global_descriptor = torch.nn.functional.normalize(torch.randn(4), dim=0)
-            dst.put(name, f)
+
+    def other_dims(f):
+        f.descriptors = torch.nn.functional.normalize(torch.randn(len(f), 8), dim=1)
+        f.global_descriptor = torch.nn.functional.normalize(torch.randn(4), dim=0)
+
+    _copy_store(q, other, "x", other_dims)
     assert invoke("index", "build", "--features", db, "--out", tmp_path / "i").exit_code == 0
     result = invoke("search", "--index", tmp_path / "i", "--features", other)
     assert result.exit_code == 2 and "16" in result.output and "4" in result.output

@@ -95,24 +95,30 @@ def revisitop(
     overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
     """Revisited Oxford / Paris: mAP and mP@1/5/10 for Easy, Medium, Hard, before and after reranking."""
-    from delfi.datasets.revisitop import RevisitOPError
     from delfi.eval.revisitop_run import run_revisitop
 
     model, config, method = _model(preset, weights, overrides, device, reuse)
     out = out or Path("results") / dataset / (method or "features")
     settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out),
                          index_param)
-    try:
-        with ProgressBar(None, "extracting / reranking") as bar:
-            result = run_revisitop(root, dataset, out, model=model, config=config, settings=settings, rerank_junk=rerank_junk,
-                                   on_image=lambda e, s: bar.advance(e.name, s), on_query=lambda q: bar.advance(q, "done"))
-    except (RevisitOPError, FileNotFoundError, ValueError, ImportError) as exc:
-        raise fail(str(exc)) from None
+    result = _run_with_progress(run_revisitop, root, dataset, out, model=model, config=config,
+                                settings=settings, rerank_junk=rerank_junk)
     Console().print(revisitop_table(result))
     if report:
         _report_revisitop(root, dataset, out, result)
     stderr_console().print(f"results -> {out}/ (results.json, ranking.txt, reranked.txt{', report.html' if report else ''})")
     _exit_on_failures(result.extraction, result.missing)
+
+
+def _run_with_progress(runner, *args, **kwargs):
+    """Call a benchmark runner under one progress bar (images extracted, queries reranked); bad input
+    (missing files, wrong values incl. ground-truth errors, a missing extra) becomes a one-line failure."""
+    try:
+        with ProgressBar(None, "extracting / reranking") as bar:
+            return runner(*args, **kwargs, on_image=lambda e, s: bar.advance(e.name, s),
+                          on_query=lambda q: bar.advance(q, "done"))
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise fail(str(exc)) from None
 
 
 def _exit_on_failures(extraction: dict, missing: list[str]) -> None:
@@ -182,12 +188,8 @@ def vpr(
     out = out or Path("results") / "vpr" / (method or "features")
     settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out),
                          index_param)
-    try:
-        with ProgressBar(None, "extracting / reranking") as bar:
-            result = run_vpr(root, out, split=split, model=model, config=config, settings=settings, radius=radius,
-                             on_image=lambda e, s: bar.advance(e.name, s), on_query=lambda q: bar.advance(q, "done"))
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        raise fail(str(exc)) from None
+    result = _run_with_progress(run_vpr, root, out, split=split, model=model, config=config, settings=settings,
+                                radius=radius)
     table = Table(title="recall@N (%)", title_justify="left")
     table.add_column("ranking")
     for n in result.recall_before:
