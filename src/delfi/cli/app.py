@@ -17,9 +17,11 @@ from delfi.cli import retrieve as retrieve_cli
 from delfi.cli import viz as viz_cli
 from delfi.cli import weights as weights_cli
 from delfi.cli.common import configure_logging
+from delfi.cli.guard import GuardedGroup
 
 app = typer.Typer(
     name="delfi",
+    cls=GuardedGroup,
     help="Learned local and global image features: extract, match, retrieve, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

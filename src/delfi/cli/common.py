@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
+from typing import Iterable
 
 import typer
 from rich.console import Console
@@ -119,3 +122,101 @@ def load_model(preset: str, weights: str | None, settings: list[str], device: st
         return create(preset, device=device, **config_to_dict(config)), config
     except (WeightsError, CheckpointError, ConfigError) as exc:
         raise fail(str(exc)) from None
+
+
+# --- outputs: never overwrite an input, never write into a place that cannot hold the output -------
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file or folder (existing: same inode; else same resolved path)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def refuse_output_among_inputs(out: Path | None, inputs: Iterable[Path | str | None], option: str = "--out") -> None:
+    """Exit 2 (nothing done) when the output ``out`` is one of the command's ``inputs``.
+
+    Paths are compared as files (same inode when both exist, else the same resolved path), so
+    ``feats.h5``, ``./feats.h5`` and a link to it are one file.
+    """
+    if out is None:
+        return
+    out = Path(out)
+    for given in inputs:
+        if given is None:
+            continue
+        given = Path(given)
+        if _same_path(out, given):
+            raise fail(f"{option} {out} is also an input of this command ({given}): choose another output path")
+
+
+def prepare_output_file(path: Path, option: str = "--out") -> Path:
+    """Check that ``path`` can be written as a file: not a folder; its parent folder is created.
+
+    Exit 2 with a message naming the path when it cannot (a folder, a parent that is a file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise fail(f"{option} {path} is a folder: give a file path, e.g. {path / 'out'}")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise fail(f"{option} {path}: {parent} is not a folder") from None
+    except OSError as exc:
+        raise fail(f"{option} {path}: cannot create folder {parent}: {exc.strerror or exc}") from None
+    return path
+
+
+# --- failures: counted on screen, listed in full in a file ----------------------------------------
+
+FAILURES_SHOWN = 10
+
+
+def report_failures(
+    console: Console,
+    title: str,
+    header: list[str],
+    rows: list[tuple[str, ...]],
+    list_file: Path | None = None,
+    shown: int = FAILURES_SHOWN,
+) -> Path | None:
+    """Print a short failures table (the first ``shown`` rows and a count) and, when there are more
+    rows than that and ``list_file`` is given, write all of them there (tab-separated, atomic).
+
+    Returns the path written, or None. The list file is delfi's own output (``<out>.failures.tsv``).
+    """
+    if not rows:
+        return None
+    table = failures_table(f"{title} ({len(rows)})", header, rows[:shown])
+    console.print(table)
+    written = None
+    if len(rows) > shown and list_file is not None:
+        written = write_failure_list(list_file, header, rows)
+    if len(rows) > shown:
+        where = f": all {len(rows)} in {written}" if written is not None else ""
+        console.print(f"... and {len(rows) - shown} more{where}", highlight=False, soft_wrap=True)
+    return written
+
+
+def write_failure_list(path: Path, header: list[str], rows: list[tuple[str, ...]]) -> Path:
+    """Write ``rows`` as a tab-separated file with a ``#`` header line, atomically."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    clean = (lambda s: str(s).replace("\t", " ").replace("\n", " "))
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("# " + "\t".join(header) + "\n")
+        for row in rows:
+            fh.write("\t".join(clean(v) for v in row) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def failure_list_path(out: Path) -> Path:
+    """Where a command writing ``out`` lists all its failures: ``<out>.failures.tsv``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.failures.tsv")
