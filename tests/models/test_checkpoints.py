@@ -155,9 +155,129 @@ class _Exploit:
 def test_malicious_pickle_is_refused(in_tmp_cwd):
     path = in_tmp_cwd / "evil.pt"
     torch.save({"net": "Quad_L2Net_ConfCFS()", "state_dict": {}, "payload": _Exploit()}, path)
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="evil.pt") as caught:
         load_r2d2_checkpoint(path)
+    message = str(caught.value)
+    assert "system" in message and "not executed" in message
+    # never the advice (PyTorch's) to retry with a loader that would run the payload
+    assert "weights_only" not in message and "weights only" not in message.lower()
     assert not (in_tmp_cwd / "pwned").exists()
+
+
+class _Harmless:
+    """A pickled custom class (no code on load, but not tensors either)."""
+
+
+@pytest.mark.parametrize("payload", [_Exploit(), _Harmless(), collections.OrderedDict(a=_Exploit())])
+def test_no_refusal_message_suggests_loading_unsafely(in_tmp_cwd, payload):
+    path = in_tmp_cwd / "odd.pt"
+    torch.save({"state_dict": {}, "payload": payload}, path)
+    with pytest.raises(CheckpointError, match="odd.pt") as caught:
+        load_checkpoint(path)
+    assert "weights_only" not in str(caught.value)
+    assert "weights only" not in str(caught.value).lower()
+    assert not (in_tmp_cwd / "pwned").exists()
+
+
+def _saved(tmp_path, name="good.pt", **tensors):
+    path = tmp_path / name
+    torch.save({"state_dict": tensors or {"w": torch.zeros(1000)}}, path)
+    return path
+
+
+def test_truncated_and_empty_files_are_named(tmp_path):
+    whole = _saved(tmp_path).read_bytes()
+    for name, data in (("half.pt", whole[: len(whole) // 2]), ("tail.pt", whole[:-30]), ("empty.pt", b"")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match=rf"{name}: (truncated or corrupted|the file is empty)"):
+            load_checkpoint(path)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="legacy.pt: truncated or corrupted"):
+        load_checkpoint(legacy)
+
+
+def test_folder_and_other_formats_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
+    import pickle
+
+    import numpy as np
+
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"x": 1}, protocol=4))
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    for name in ("plain.pkl", "array.npy"):
+        with pytest.raises(CheckpointError, match=rf"{name}: not a") as caught:
+            load_checkpoint(tmp_path / name)
+        assert "weights_only" not in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_parameters_are_refused_naming_the_tensor(tmp_path, bad):
+    checkpoint = official_style_checkpoint("Quad_L2Net_ConfCFS()")
+    checkpoint["state_dict"]["module.ops.3.weight"].view(-1)[7] = bad
+    path = tmp_path / "nan.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"nan.pt: tensor 'state_dict/module.ops.3.weight' has non-finite"):
+        load_r2d2_checkpoint(path)
+
+
+def test_integer_tensors_and_finite_weights_pass_the_finite_check(tmp_path):
+    path = tmp_path / "ok.pt"
+    torch.save({"steps": torch.arange(3), "w": torch.ones(2), "logs": [1.0, float("nan")]}, path)
+    assert load_checkpoint(path)["steps"].tolist() == [0, 1, 2]  # plain floats (logs) are not weights
+
+
+def _mismatch_message(tmp_path, edit) -> str:
+    checkpoint = official_style_checkpoint("Quad_L2Net_ConfCFS()")
+    edit(checkpoint["state_dict"])
+    path = tmp_path / "odd.pt"
+    torch.save(checkpoint, path)
+    _, state = load_r2d2_checkpoint(path)
+    net = R2D2Net("quad_l2net")
+    with pytest.raises(CheckpointError) as caught:
+        net.load_state_dict(state, strict=False)  # what R2D2.load_weights does: files must fit anyway
+    return str(caught.value)
+
+
+def test_wrong_shapes_are_listed_with_expected_and_found(tmp_path):
+    def edit(sd):
+        sd["module.ops.0.weight"] = torch.zeros(8, 3, 3, 3)
+        sd["module.clf.weight"] = torch.zeros(2, 64, 1, 1)
+
+    message = _mismatch_message(tmp_path, edit)
+    assert message.startswith(f"{tmp_path / 'odd.pt'}: ")
+    assert "2 tensor(s) of the wrong shape" in message
+    assert "ops.0.weight: expected (32, 3, 3, 3), found (8, 3, 3, 3)" in message
+    assert "clf.weight: expected (2, 128, 1, 1), found (2, 64, 1, 1)" in message
+
+
+def test_missing_and_unexpected_keys_are_listed_briefly(tmp_path):
+    def edit(sd):
+        for key in [k for k in sd if k.startswith("module.ops.")]:
+            del sd[key]
+        for i in range(9):
+            sd[f"module.extra.{i}"] = torch.zeros(1)
+
+    message = _mismatch_message(tmp_path, edit)
+    assert "odd.pt" in message and "missing: ops.0.weight" in message
+    assert "9 unexpected: extra.0" in message and "(+4 more)" in message
+    assert "extra.8" not in message  # brief: the first few only
+
+
+def test_a_plain_state_dict_with_wrong_shapes_is_a_checkpoint_error():
+    net = R2D2Net("quad_l2net")
+    state = net.state_dict()
+    state["sal.weight"] = torch.zeros(1, 64, 1, 1)
+    with pytest.raises(CheckpointError, match=r"sal.weight: expected \(1, 128, 1, 1\), found \(1, 64, 1, 1\)"):
+        net.load_state_dict(state)
+    partial = {"sal.weight": torch.zeros(1, 64, 1, 1)}
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        net.load_state_dict(partial, strict=False)
+    net.load_state_dict({"sal.bias": torch.ones(1)}, strict=False)  # a fitting partial dict still loads
+    assert net.sal.bias.item() == 1.0
 
 
 def test_defaultdict_training_logs_load(tmp_path):

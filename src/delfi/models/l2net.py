@@ -121,6 +121,26 @@ class R2D2Net(nn.Module):
         self.clf = nn.Conv2d(dim, 2, kernel_size=1)  # reliability
         self.sal = nn.Conv2d(dim, 1, kernel_size=1)  # repeatability
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, with a clear `CheckpointError` instead of torch's errors.
+
+        Tensors of the wrong shape are always refused (torch refuses them too, with a long
+        traceback); missing and unexpected keys too when ``strict`` or when the state dict was read
+        from a checkpoint file (a `CheckpointDict`: a file must fit the network exactly). The
+        message names the file and lists the first few keys of each kind, with expected and found
+        shapes.
+        """
+        from delfi.models.checkpoints import CheckpointDict, check_state_dict, state_dict_mismatch
+
+        if strict or isinstance(state_dict, CheckpointDict):
+            check_state_dict(self, state_dict)
+        else:
+            own = self.state_dict()
+            shared = {k: v for k, v in state_dict.items() if k in own}
+            if state_dict_mismatch(self, {**own, **shared}) is not None:
+                check_state_dict(self, {**own, **shared}, getattr(state_dict, "source", None))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def features(self, x: Tensor) -> Tensor:
         """Raw (pre-normalisation) descriptor map: (B, 3, H, W) -> (B, dim, H, W)."""
         for op in self.ops:

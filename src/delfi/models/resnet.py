@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from delfi.models.checkpoints import CheckpointError, StateDictKeysError, source_of
+
 __all__ = [
     "ResNet",
     "Bottleneck",
@@ -370,8 +372,11 @@ def load_imagenet_state_dict(model: ResNet, state_dict: Mapping[str, Tensor]) ->
 
     ``fc.*`` keys are ignored when the model has no ``fc`` or an ``fc`` of another size (then ``fc``
     keeps its initialisation). Missing ``num_batches_tracked`` buffers are tolerated. Any other
-    missing or unexpected key, or a shape mismatch, raises a `KeyError` / `ValueError` naming them.
+    missing or unexpected key, or a shape mismatch, raises a `CheckpointError` naming them (and the
+    file, for a state dict read by `delfi.models.checkpoints.load_checkpoint`); for missing /
+    unexpected keys it is also a `KeyError`.
     """
+    where = f"{source_of(state_dict, '')}: " if source_of(state_dict, "") else ""
     sd = _strip_wrappers(state_dict)
     own = model.state_dict()
     report = LoadReport()
@@ -389,16 +394,16 @@ def load_imagenet_state_dict(model: ResNet, state_dict: Mapping[str, Tensor]) ->
     report.kept = [k for k in missing if k.endswith("num_batches_tracked") or k.startswith("fc.")]
     missing = [k for k in missing if k not in report.kept]
     if mismatched:
-        raise ValueError(
-            f"ResNet-{model.depth}: checkpoint tensors of the wrong shape: {_short(mismatched)}"
+        raise CheckpointError(
+            f"{where}ResNet-{model.depth}: checkpoint tensors of the wrong shape: {_short(mismatched)}"
         )
     if missing or unexpected:
         hint = ""
         deeper = [k for k in unexpected if k.startswith("layer3.")]
         if deeper or any(k.startswith("layer3.") for k in missing):
             hint = " (layer3 differs: is this a checkpoint of another depth, 50 vs 101?)"
-        raise KeyError(
-            f"ResNet-{model.depth} cannot load this state dict{hint}. "
+        raise StateDictKeysError(
+            f"{where}ResNet-{model.depth} cannot load this state dict{hint}. "
             f"Missing keys: {_short(missing) or 'none'}. Unexpected keys: {_short(unexpected) or 'none'}."
         )
     model.load_state_dict(to_load, strict=False)
