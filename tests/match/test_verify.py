@@ -14,9 +14,13 @@ pytest.importorskip("cv2")
 from delfi.match import (  # noqa: E402
     BACKENDS,
     GEOMETRIES,
+    MIN_INLIERS,
     MIN_SAMPLES,
+    STATUSES,
     MissingBackendError,
+    chance_inliers,
     estimate_geometry,
+    verification_status,
     verify,
 )
 from delfi.types import Features, Matches  # noqa: E402
@@ -187,12 +191,14 @@ def test_degenerate_input_does_not_raise(backend, geometry, case):
         p0 = np.repeat([[0.0, 0.0], [100.0, 50.0]], k // 2, axis=0)
         p1 = p0 + 5.0
     m = verify(p0, p1, Matches(torch.arange(k).repeat(2, 1).T, torch.ones(k)), geometry, backend=backend)
-    assert m.meta["status"] in ("ok", "estimation failed")
+    assert m.meta["status"] in ("ok", "too few inliers", "estimation failed")
     assert m.inliers.shape == (k,)
     if m.meta["status"] == "estimation failed":
         assert m.model is None and m.num_inliers == 0
     else:
         assert torch.isfinite(m.model).all() and m.num_inliers >= MIN_SAMPLES[geometry]
+    if case == "identical":  # every point agrees with any model: that proves nothing
+        assert m.meta["status"] != "ok"
 
 
 def test_non_finite_points_are_outliers():
@@ -294,3 +300,70 @@ def test_installed_opencv_runs_magsac(geometry):
     p0, p1, _, _ = make_data(geometry, k=100)
     m = verify(p0, p1, Matches(torch.arange(100).repeat(2, 1).T, torch.ones(100)), geometry)
     assert m.meta["method"] == "USAC_MAGSAC" and m.meta["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------ status: what is "ok"
+def _all(k: int) -> Matches:
+    return Matches(torch.arange(k).repeat(2, 1).T, torch.ones(k))
+
+
+def _consistent_plus_random(good: int, total: int, seed: int = 0):
+    """``good`` correspondences of a homography hidden among ``total - good`` random matches."""
+    rng = np.random.default_rng(seed)
+    p0 = rng.uniform([0, 0], [W, H], (total, 2))
+    p1 = rng.uniform([0, 0], [W, H], (total, 2))
+    p1[:good] = _apply(H_TRUE, p0[:good])
+    return p0, p1
+
+
+@pytest.mark.parametrize("good,total", [(4, 10), (6, 154), (10, 400)])
+def test_a_handful_of_inliers_is_not_ok(good, total):
+    """The minimal sample (4 of 10) or a few agreeing matches among many are what chance gives."""
+    p0, p1 = _consistent_plus_random(good, total)
+    m = verify(p0, p1, _all(total))
+    assert m.model is not None and m.num_inliers >= MIN_SAMPLES["homography"]  # kept for pictures
+    assert m.meta["status"] == "too few inliers" and m.meta["min_inliers"] == MIN_INLIERS
+    assert m.num_inliers < MIN_INLIERS
+    assert m.meta["status"] == "too few inliers"
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_clean_model_with_100_inliers_is_ok(geometry):
+    p0, p1, _, truth = make_data(geometry, k=170, outliers=70 / 170, seed=11)
+    assert 90 <= truth.sum() <= 110
+    m = verify(p0, p1, _all(170), geometry)
+    assert m.meta["status"] == "ok" and m.num_inliers >= 0.95 * truth.sum()
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("k", [60, 1000])
+def test_random_matches_are_never_ok(geometry, k):
+    """Unrelated images: uniform random matches. F's chance inliers grow with the matches."""
+    rng = np.random.default_rng(k)
+    p0, p1 = rng.uniform([0, 0], [W, H], (k, 2)), rng.uniform([0, 0], [W, H], (k, 2))
+    m = verify(p0, p1, _all(k), geometry)
+    assert m.meta["status"] in ("too few inliers", "estimation failed"), m.meta
+    if geometry == "fundamental" and k == 1000:
+        assert m.num_inliers >= MIN_INLIERS  # the fixed count alone would call this "ok"
+        assert m.meta["chance_inliers"] >= m.num_inliers
+
+
+def test_verification_status_rule():
+    assert verification_status("homography", 3, 0, False) == "not enough matches"
+    assert verification_status("homography", 50, 0, False) == "estimation failed"
+    assert verification_status("homography", 50, MIN_INLIERS - 1, True) == "too few inliers"
+    assert verification_status("homography", 50, MIN_INLIERS, True) == "ok"
+    assert verification_status("homography", 50, 20, True, chance=20) == "too few inliers"
+    assert verification_status("fundamental", 50, 7, True, min_inliers=0) == "too few inliers"  # < 8
+    assert {verification_status("affine", n, i, f) for n, i, f in [(2, 0, 0), (9, 0, 0), (9, 4, 1), (99, 99, 1)]} \
+        == set(STATUSES)
+    with pytest.raises(ValueError, match="min_inliers"):
+        verification_status("homography", 50, 20, True, min_inliers=-1)
+
+
+def test_chance_inliers_grow_with_matches_for_f_only():
+    h = [chance_inliers("homography", k, 3.0, W, H) for k in (20, 300, 3000)]
+    f = [chance_inliers("fundamental", k, 3.0, W, H) for k in (20, 300, 3000)]
+    assert max(h) < MIN_INLIERS and h == sorted(h)
+    assert f == sorted(f) and f[-1] > 100 and chance_inliers("fundamental", 3000, 6.0, W, H) > f[-1]
+    assert chance_inliers("homography", 5, 3.0, W, H) <= 5  # never more than the matches

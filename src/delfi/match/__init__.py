@@ -5,9 +5,13 @@ from delfi.match.nn import mutual_nn, nearest_neighbours, similarity_to_distance
 from delfi.match.verify import (
     BACKENDS,
     GEOMETRIES,
+    MIN_INLIERS,
     MIN_SAMPLES,
+    STATUSES,
     MissingBackendError,
+    chance_inliers,
     estimate_geometry,
+    verification_status,
     verify,
 )
 
@@ -17,8 +21,12 @@ __all__ = [
     "similarity_to_distance",
     "BACKENDS",
     "GEOMETRIES",
+    "MIN_INLIERS",
     "MIN_SAMPLES",
+    "STATUSES",
     "MissingBackendError",
+    "chance_inliers",
     "estimate_geometry",
+    "verification_status",
     "verify",
 ]

@@ -33,6 +33,7 @@ maps are returned as ``[[a, b, c], [d, e, f], [0, 0, 1]]``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -41,12 +42,17 @@ from torch import Tensor
 
 from delfi.types import Features, Matches
 
-__all__ = ["BACKENDS", "GEOMETRIES", "MIN_SAMPLES", "MissingBackendError", "estimate_geometry", "verify"]
+__all__ = ["BACKENDS", "GEOMETRIES", "MIN_SAMPLES", "MIN_INLIERS", "STATUSES", "MissingBackendError",
+           "chance_inliers", "estimate_geometry", "verification_status", "verify"]
 
 GEOMETRIES = ("homography", "fundamental", "affine")
 BACKENDS = ("opencv", "pydegensac", "poselib")
 MIN_SAMPLES = {"homography": 4, "fundamental": 8, "affine": 3}
 """Fewest matches an estimate is attempted on (F: the 7-point solver is minimal, 8 are required)."""
+MIN_INLIERS = 15
+"""Default fewest inliers for a verified model to count ("ok"); see `verification_status`."""
+STATUSES = ("ok", "too few inliers", "not enough matches", "estimation failed")
+"""Every status `verify` reports; only "ok" is a success."""
 BACKEND_GEOMETRIES = {"opencv": GEOMETRIES, "pydegensac": GEOMETRIES[:2], "poselib": GEOMETRIES[:2]}
 _EXTRAS = {"opencv": ("cv2", "cv"), "pydegensac": ("pydegensac", "ransac"), "poselib": ("poselib", "ransac")}
 
@@ -254,6 +260,93 @@ def estimate_geometry(
     return model, inliers
 
 
+CHANCE_TESTS = 10_000
+"""Hypotheses a RANSAC run is taken to test when bounding the inliers of chance (`chance_inliers`)."""
+
+
+def chance_inliers(geometry: str, num_matches: int, threshold: float, width: float, height: float) -> int:
+    """Inliers that random matches reach by chance: a count above this is significant (a-contrario).
+
+    A match that is not a correspondence lands uniformly in the (width x height) image, so it agrees
+    with a given model with probability ``p``: inside the disc of radius ``threshold`` around its
+    prediction for H / A (``p = pi t^2 / A``), inside the band around its epipolar line for F (``p =
+    6 t D / A``, D the diagonal: the band of a symmetric Sampson threshold is about twice ``2 t D``
+    wide, and widened by 1.5 because real keypoints cluster on texture instead of spreading
+    uniformly). The minimal sample itself always fits, and RANSAC keeps the best of up to
+    `CHANCE_TESTS` hypotheses, so the bound is ``s + mu + delta`` with ``mu = p (K - s)`` and
+    ``delta`` the Bernstein deviation at which one test in `CHANCE_TESTS` exceeds it (``delta = L / 3
+    + sqrt(L^2 / 9 + 2 mu L)``, ``L = ln CHANCE_TESTS``).
+
+    Measured (OpenCV MAGSAC++, 3 px): uniform random matches (best of 5 seeds) give H and A 5-7
+    inliers for 20 to 3000 matches (bound 10-12) and F 10 / 15 / 21 / 42 / 97 inliers for 20 / 100
+    / 300 / 1000 / 3000 matches in 640 x 480 (bound 16 / 24 / 41 / 87 / 202). Official R2D2 (WASF_N16, mutual NN)
+    on unrelated real images (15 EVD pairs of different scenes, v_wormhole against boat /
+    brooklyn; 17-127 matches): H 4-7, A 4-7, F 10-23 inliers (F bound 15-28).
+    """
+    s = MIN_SAMPLES[geometry] - (1 if geometry == "fundamental" else 0)  # the 7-point sample fits F
+    area = max(float(width) * float(height), 1.0)
+    if geometry == "fundamental":
+        p = 6.0 * threshold * math.hypot(width, height) / area
+    else:
+        p = math.pi * threshold**2 / area
+    others = max(int(num_matches) - s, 0)
+    mu = min(p, 1.0) * others
+    log_tests = math.log(CHANCE_TESTS)
+    delta = log_tests / 3 + math.sqrt(log_tests**2 / 9 + 2 * mu * log_tests)
+    return int(min(s + math.ceil(mu + delta), num_matches))
+
+
+def verification_status(
+    geometry: str, num_matches: int, num_inliers: int, model_found: bool, min_inliers: int = MIN_INLIERS,
+    chance: int = 0,
+) -> str:
+    """The one rule that says whether a verified model counts: a status of `STATUSES`.
+
+    * ``"not enough matches"``: fewer than ``MIN_SAMPLES[geometry]`` (finite) putative matches;
+      nothing was estimated.
+    * ``"estimation failed"``: the solver gave no usable (finite, non-singular) model.
+    * ``"too few inliers"``: a model was found, but it has fewer than ``min_inliers`` inliers, or
+      not more than ``chance`` (what random matches reach, `chance_inliers`). RANSAC always finds a
+      model that its own minimal sample fits, plus whatever matches happen to fall within the
+      threshold, so a handful of inliers is what unrelated images give. The model and inliers are
+      kept, so pictures can show them, but it is not a success.
+    * ``"ok"``: the only status a caller may count as verified.
+
+    The default ``min_inliers`` (`MIN_INLIERS` = 15) is about twice what chance gives H and A
+    (5-7 inliers measured, bound 10-12, see `chance_inliers`) and well above the minimal samples
+    (4 / 7 / 3); F needs the chance bound on top, as its random inliers grow with the matches.
+
+    Args:
+        geometry: one of `GEOMETRIES`.
+        num_matches: putative matches given to the estimator (finite ones).
+        num_inliers: inliers of the model found (0 without a model).
+        model_found: whether the estimator returned a model.
+        min_inliers: fewest inliers of an "ok" model (never below the minimal sample).
+        chance: inliers random matches reach; "ok" needs more than this (0: no such test).
+    """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+    if int(min_inliers) < 0:
+        raise ValueError(f"min_inliers must be >= 0, got {min_inliers}")
+    if num_matches < MIN_SAMPLES[geometry]:
+        return "not enough matches"
+    if not model_found:
+        return "estimation failed"
+    if num_inliers < max(int(min_inliers), MIN_SAMPLES[geometry]) or num_inliers <= int(chance):
+        return "too few inliers"
+    return "ok"
+
+
+def _extent(features: Features | Tensor | np.ndarray, points: np.ndarray) -> tuple[float, float]:
+    """(width, height) of an image: its recorded size, else the extent of its keypoints."""
+    if isinstance(features, Features) and min(features.image_size) > 0:
+        return float(features.image_size[0]), float(features.image_size[1])
+    finite = points[np.isfinite(points).all(1)]
+    if not len(finite):
+        return 1.0, 1.0
+    return float(np.ptp(finite[:, 0]) + 1), float(np.ptp(finite[:, 1]) + 1)
+
+
 def _keypoints(features: Features | Tensor | np.ndarray, name: str) -> np.ndarray:
     return _as_points(features.keypoints if isinstance(features, Features) else features, name)
 
@@ -269,6 +362,7 @@ def verify(
     max_iters: int = 10000,
     seed: int = 0,
     backend: str = "opencv",
+    min_inliers: int = MIN_INLIERS,
 ) -> Matches:
     """Geometrically verify ``matches`` between two keypoint sets (see `estimate_geometry`).
 
@@ -276,28 +370,40 @@ def verify(
         features0, features1: `Features`, or raw (N0, 2) / (N1, 2) keypoints (tensor or array).
         matches: `Matches` with (K, 2) ``indices`` into the two keypoint sets.
         geometry, threshold, confidence, max_iters, seed, backend: as in `estimate_geometry`.
+        min_inliers: fewest inliers for ``status == "ok"`` (see `verification_status`).
 
     Returns:
         A new `Matches` with the same indices and scores plus ``inliers`` (K,) bool, ``model``
         (3, 3) float64 or None (both on ``matches.indices``' device), ``kind=geometry`` and ``meta``
-        = the input's meta updated with ``status`` ("ok" | "not enough matches" | "estimation
-        failed"), ``num_inliers``, ``required`` (= ``MIN_SAMPLES[geometry]``), ``backend``,
-        ``method``, ``threshold`` and ``seed``.
+        = the input's meta updated with ``status`` (`verification_status`: "ok" | "too few
+        inliers" | "not enough matches" | "estimation failed"; only "ok" is a success, the model
+        and inliers of "too few inliers" are kept for pictures), ``num_inliers``, ``required``
+        (= ``MIN_SAMPLES[geometry]``, the fewest matches an estimate is tried on),
+        ``min_inliers`` (the fewest inliers of an "ok" model), ``chance_inliers`` (the count random
+        matches reach, `chance_inliers`, from the image sizes or keypoint extents), ``backend``, ``method``,
+        ``threshold`` and ``seed``.
     """
     kp0, kp1 = _keypoints(features0, "features0"), _keypoints(features1, "features1")
     idx = matches.indices.detach().cpu().numpy().astype(np.int64, copy=False)
     for side, kp in ((0, kp0), (1, kp1)):
         if idx.shape[0] and (idx[:, side].min() < 0 or idx[:, side].max() >= kp.shape[0]):
             raise ValueError(f"matches.indices[:, {side}] out of range for {kp.shape[0]} keypoints")
-    model, inliers, status, method = _estimate(
-        kp0[idx[:, 0]], kp1[idx[:, 1]], geometry, threshold, confidence, max_iters, seed, backend
-    )
+    if int(min_inliers) < 0:
+        raise ValueError(f"min_inliers must be >= 0, got {min_inliers}")
+    p0, p1 = kp0[idx[:, 0]], kp1[idx[:, 1]]
+    model, inliers, _, method = _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend)
+    finite = int((np.isfinite(p0).all(1) & np.isfinite(p1).all(1)).sum())
+    chance = max(chance_inliers(geometry, finite, float(threshold), *_extent(f, kp))
+                 for f, kp in ((features0, kp0), (features1, kp1)))
+    status = verification_status(geometry, finite, int(inliers.sum()), model is not None, min_inliers, chance)
     device = matches.indices.device
     meta = {
         **matches.meta,
         "status": status,
         "num_inliers": int(inliers.sum()),
         "required": MIN_SAMPLES[geometry],
+        "min_inliers": int(min_inliers),
+        "chance_inliers": int(chance),
         "backend": backend,
         "method": method,
         "threshold": float(threshold),
