@@ -1,4 +1,10 @@
-"""``delfi index build``, ``delfi search`` and ``delfi rerank``: retrieval from feature stores."""
+"""``delfi index build``, ``delfi search`` and ``delfi rerank``: retrieval from feature stores.
+
+Exit codes: 0 ok; 1 the output was written but some images failed (unreadable entries, NaN or
+infinite descriptors, missing features: listed, all of them in ``<out>.failures.tsv`` when many);
+2 usage error (bad options or settings, an output that is an input or cannot be replaced): nothing
+was written.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,10 @@ from delfi.cli.common import (
     EXIT_OK,
     ProgressBar,
     fail,
-    failures_table,
+    failure_list_path,
+    prepare_output_file,
+    refuse_output_among_inputs,
+    report_failures,
     stderr_console,
     summary_table,
 )
@@ -45,25 +54,55 @@ def build(
     kind: str = typer.Option("exact", "--kind", help="Global index: exact | flat | ivfpq (FAISS for flat/ivfpq)."),
     asmk: bool = typer.Option(False, "--asmk", help="Index the LOCAL descriptors with ASMK instead."),
     train_size: int = typer.Option(500_000, "--train-size", help="Descriptors used to train IVF-PQ / the ASMK codebook."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing delfi index at --out (only its own files)."),
     params: Optional[list[str]] = typer.Argument(None, help="Index parameters key=value (e.g. nlist=4096 m=64, codebook_size=65536)."),
 ) -> None:
     """Index the global descriptors of a feature store (or its local ones with --asmk)."""
-    from delfi.retrieval.search import MissingDescriptorError, build_index
+    from delfi.retrieval.search import build_index
+    from delfi.retrieval.settings import check_index_settings
+    from delfi.retrieval.storage import check_index_target
 
     if not asmk and kind not in KINDS:
         raise fail(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not features.exists():
         raise fail(f"{features}: no such feature store")
+    refuse_output_among_inputs(out, [features], "--out")
     chosen = "asmk" if asmk else kind
+    settings = _params(params)
+    try:  # before reading anything
+        check_index_settings(chosen, settings)
+        check_index_target(out, overwrite)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    failures: list[tuple[str, str]] = []
     try:
         with ProgressBar(None, "reading", unit="img") as bar:
-            index = build_index(features, out, kind=chosen, params=_params(params), train_size=train_size,
-                                on_item=lambda name: bar.advance(name, "done"))
-    except (MissingDescriptorError, ValueError, TypeError, ImportError, OSError) as exc:
+            index = build_index(features, out, kind=chosen, params=settings, train_size=train_size,
+                                on_item=lambda name: bar.advance(name, "done"), overwrite=overwrite,
+                                on_failure=lambda name, why: (failures.append((name, why)), bar.advance(name, "failed")))
+    except (ValueError, TypeError, ImportError, OSError) as exc:
+        _report(failures, "images left out", out)
         raise fail(str(exc)) from None
     Console().print(summary_table(f"delfi index build -> {out}", [
         ("kind", chosen), ("images", str(len(index))), ("dim", str(index.dim)),
-    ]))
+    ] + ([("left out", str(len(failures)))] if failures else [])))
+    _report(failures, "images left out of the index", out)
+    raise typer.Exit(EXIT_FAILED if failures else EXIT_OK)
+
+
+def _report(failures: list[tuple[str, str]], title: str, out: Path) -> None:
+    """The failed images on stderr (the full list in ``<out>.failures.tsv`` when long)."""
+    report_failures(stderr_console(), title, ["name", "reason"], failures, failure_list_path(out))
+
+
+def _refuse_inside_index(out: Path, index: Path) -> None:
+    """Exit 2 when ``out`` would be written inside the index directory (it would break the index)."""
+    try:
+        inside = out.resolve().parent == index.resolve()
+    except OSError:
+        inside = False
+    if inside:
+        raise fail(f"--out {out} lies inside the index directory {index}: choose a path outside it")
 
 
 @index_app.command("info")
@@ -94,17 +133,25 @@ def search_command(
         raise fail(f"--top-k must be >= 1, got {top_k}")
     if not features.exists():
         raise fail(f"{features}: no such feature store")
+    refuse_output_among_inputs(out, [index, features], "--out")
+    _refuse_inside_index(out, index)
+    prepare_output_file(out, "--out")
+    failures: list[tuple[str, str]] = []
     try:
         loaded = load_index(index)
         if nprobe is not None and getattr(loaded, "kind", None) != "ivfpq":
             raise fail("--nprobe applies to an ivfpq index only")
-        ranking = search(loaded, features, top_k=top_k, nprobe=nprobe)
-    except (IndexFormatError, MissingDescriptorError, ValueError, ImportError) as exc:
+        ranking = search(loaded, features, top_k=top_k, nprobe=nprobe,
+                         on_failure=lambda name, why: failures.append((name, why)))
+    except (IndexFormatError, MissingDescriptorError, ValueError, ImportError, OSError) as exc:
+        _report(failures, "queries left out", out)
         raise fail(str(exc)) from None
     write_ranking(out, ranking)
     Console().print(summary_table(f"delfi search -> {out}", [
         ("queries", str(len(ranking))), ("database", str(len(ranking.database))), ("top-k", str(ranking.depth)),
-    ]))
+    ] + ([("left out", str(len(failures)))] if failures else [])))
+    _report(failures, "queries left out of the ranking", out)
+    raise typer.Exit(EXIT_FAILED if failures else EXIT_OK)
 
 
 def rerank_command(
@@ -137,6 +184,12 @@ def rerank_command(
 
     if fusion not in FUSIONS:
         raise fail(f"--fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    refuse_output_among_inputs(out, [ranking, query_features, db_features, exclude, matches], "--out")
+    refuse_output_among_inputs(matches, [ranking, query_features, db_features, exclude], "--matches")
+    prepare_output_file(out, "--out")
+    if matches is not None:
+        prepare_output_file(matches, "--matches")
+        _check_match_store_replaceable(matches)
     if rule != "auto" and rule not in PUTATIVE_RULES:
         raise fail(f"--putative must be auto, {' or '.join(PUTATIVE_RULES)}, got {rule!r}")
     try:
@@ -163,7 +216,7 @@ def rerank_command(
         with ProgressBar(len(before), "reranking", unit="queries") as bar:
             after = rerank_stores(before, query_features, db_features, config, matches_out=matches, junk=skip,
                                   report=report, on_query=lambda q: bar.advance(q, "done"))
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise fail(f"{query_features} / {db_features}: {exc}") from None
     write_ranking(out, after)
     m = config.matching
@@ -174,10 +227,26 @@ def rerank_command(
         ("pairs verified", str(report.pairs)),
         ("time", f"{report.seconds:.1f} s ({report.seconds_per_query:.2f} s / query)"),
     ] + ([("matches", str(matches))] if matches else [])))
-    if report.missing:
-        stderr_console().print(failures_table("images without features (left unverified)", ["name", "reason"],
-                                              [(n, "not in the feature store") for n in sorted(set(report.missing))]))
-    raise typer.Exit(EXIT_FAILED if report.missing else EXIT_OK)
+    failed = [(n, report.failed.get(n, "not in the feature store")) for n in sorted(set(report.missing))]
+    _report(failed, "images without usable features (left unverified)", out)
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _check_match_store_replaceable(path: Path) -> None:
+    """Exit 2 unless ``path`` is new or a match store written by ``delfi rerank`` (it is started afresh)."""
+    from delfi.io.matches import MatchStore
+
+    if not path.exists() and not Path(f"{path}.journal").exists():
+        return
+    try:
+        with MatchStore(path) as store:
+            model = store.attrs.get("model")
+    except (OSError, ValueError, KeyError) as exc:
+        raise fail(f"--matches {path} exists and is not a delfi match store ({exc}): refusing to replace it; "
+                   "choose another path") from None
+    if model != "rerank":
+        raise fail(f"--matches {path} holds the matches of another command (model {model!r}), not of "
+                   "`delfi rerank`: refusing to replace it; choose another path")
 
 
 def _exclusions(path: Path) -> dict[str, set[str]]:

@@ -141,7 +141,8 @@ def fit_pca_streaming(batches: Iterable[np.ndarray | Tensor], *, ddof: int = 1,
         The `PCA` (components by decreasing eigenvalue, eigenvalues clipped at 0).
 
     Raises:
-        ValueError: a batch is not 2-D, the dimensions disagree, or there are at most ``ddof`` samples.
+        ValueError: a batch is not 2-D or holds NaN or infinite values, the dimensions disagree, or
+            there are at most ``ddof`` samples.
     """
     n = 0
     shift = total = outer = None
@@ -151,6 +152,8 @@ def fit_pca_streaming(batches: Iterable[np.ndarray | Tensor], *, ddof: int = 1,
             raise ValueError(f"batch {i}: descriptors must be (n, D), got shape {x.shape}")
         if x.shape[0] == 0:
             continue
+        if not np.isfinite(x).all():
+            raise ValueError(f"batch {i}: NaN or infinite descriptor values")
         if shift is None:
             shift = x.mean(axis=0)
             total = np.zeros_like(shift)
@@ -182,6 +185,7 @@ def fit_pca_from_store(
     *,
     dims: int | None = None,
     progress: Callable[[str], None] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
 ) -> PCA:
     """Fit a PCA on the descriptors of a `delfi.io.features.FeatureStore`, reading one entry at a time.
 
@@ -192,10 +196,13 @@ def fit_pca_from_store(
         seed: seeds the random subsets (one `numpy.random.default_rng(seed)`, images drawn first).
         dims: recorded in `PCA.dims`.
         progress: called with each entry name after it is read.
+        on_failure: called with (entry name, reason) for an entry that cannot be read or holds NaN
+            or infinite values; the entry is skipped. Without it such an entry raises ValueError.
 
     Raises:
-        FileNotFoundError: no store at ``path``. ValueError: an empty store, or descriptors of
-        different dimensions.
+        FileNotFoundError: no store at ``path``. ValueError: an empty store, no usable descriptors,
+        descriptors of different dimensions, or (without ``on_failure``) a bad entry, naming the
+        store and the entry.
     """
     from delfi.io.features import FeatureStore
 
@@ -209,11 +216,27 @@ def fit_pca_from_store(
             keep = np.sort(rng.choice(len(names), size=max_images, replace=False))
             names = [names[i] for i in keep]
         attrs = store.attrs
-        used = {"images": 0}
+        used = {"images": 0, "failed": 0}
+
+        def skip(name: str, reason: str) -> None:
+            used["failed"] += 1
+            if on_failure is None:
+                raise ValueError(reason)
+            on_failure(name, reason)
 
         def batches():
             for name in names:
-                descriptors = store.get(name).descriptors
+                try:
+                    descriptors = store.get(name).descriptors
+                except (KeyError, ValueError) as exc:  # missing / bad entry (the store names it)
+                    reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                    skip(name, reason or f"{path}: {name!r} cannot be read")
+                    continue
+                if descriptors.ndim != 2 or not bool(torch.isfinite(descriptors).all()):
+                    skip(name, f"feature store {path}: {name!r} has NaN or infinite descriptor values"
+                         if descriptors.ndim == 2 else f"feature store {path}: {name!r} has descriptors of shape "
+                         f"{tuple(descriptors.shape)}, expected (n, D)")
+                    continue
                 if max_per_image is not None and descriptors.shape[0] > max_per_image:
                     keep = np.sort(rng.choice(descriptors.shape[0], size=max_per_image, replace=False))
                     descriptors = descriptors[torch.from_numpy(keep)]
@@ -233,7 +256,10 @@ def fit_pca_from_store(
         try:
             pca = fit_pca_streaming(batches(), source=source, dims=dims)
         except ValueError as exc:
-            raise ValueError(f"feature store {path}: {exc}") from None
+            if str(exc).startswith("feature store "):  # a bad entry, already named
+                raise
+            failed = f" ({used['failed']} entr{'y' if used['failed'] == 1 else 'ies'} skipped)" if used["failed"] else ""
+            raise ValueError(f"feature store {path}: {exc}{failed}") from None
         pca.source["images"] = used["images"]
         return pca
 
@@ -379,7 +405,10 @@ def load_pca(path: str | os.PathLike) -> PCA:
         raise PCAFileError(f"PCA file {path} cannot be read: {exc}") from None
     if attrs.get("format") != FORMAT:
         raise PCAFileError(f"PCA file {path} is not a {FORMAT} file (format={attrs.get('format')!r})")
-    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+    version = attrs.get("format_version", -1)
+    if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)):
+        raise PCAFileError(f"PCA file {path}: format_version {version!r} is not an integer")
+    if int(version) > FORMAT_VERSION:
         raise PCAFileError(
             f"PCA file {path} has format_version {attrs.get('format_version')}, newer than this delfi "
             f"reads ({FORMAT_VERSION})"

@@ -50,8 +50,11 @@ def write_ranking(path: str | os.PathLike, ranking: Ranking) -> Path:
             lines.append(line)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -60,9 +63,19 @@ def _float(path, number: int, fields: list[str], column: int, what: str) -> floa
         value = float(fields[column])
     except ValueError:
         raise RankingFormatError(f"{path}:{number}: the {what} {fields[column]!r} is not a number") from None
-    if math.isnan(value):
-        raise RankingFormatError(f"{path}:{number}: the {what} is NaN")
+    if not math.isfinite(value):
+        raise RankingFormatError(f"{path}:{number}: the {what} {fields[column]!r} is not finite (NaN or infinite)")
     return value
+
+
+def _lines(path: str | os.PathLike):
+    """(line number, text) of a file, each line decoded as UTF-8 (RankingFormatError naming the line)."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RankingFormatError(f"{path}:{number}: not UTF-8 text (is this a ranking file?)") from None
 
 
 def read_ranking(path: str | os.PathLike, database: Sequence[str] | None = None) -> Ranking:
@@ -73,31 +86,36 @@ def read_ranking(path: str | os.PathLike, database: Sequence[str] | None = None)
     database is the result names in order of first appearance.
 
     Raises:
-        RankingFormatError: a malformed line, a name not in ``database`` or a repeated result.
+        RankingFormatError: naming ``path:line``: a line that is not UTF-8, a wrong number of
+            columns, a score that is not a finite number, a name not in ``database`` or a repeated
+            result. OSError: the file cannot be opened.
     """
-    rows: dict[str, list[tuple[float, str, float, int]]] = {}
+    rows: dict[str, list[tuple[float, str, float, int, int]]] = {}
     extra_columns: bool | None = None
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            if len(fields) not in (3, 5):
-                raise RankingFormatError(f"{path}:{number}: expected 'query db score [global_score inliers]', "
-                                         f"got {line.strip()!r}")
-            has_extra = len(fields) == 5
-            if extra_columns is None:
-                extra_columns = has_extra
-            elif extra_columns != has_extra:
-                raise RankingFormatError(f"{path}:{number}: mixes 3- and 5-column lines")
-            score = _float(path, number, fields, 2, "score")
-            g = _float(path, number, fields, 3, "global score") if has_extra else math.nan
-            try:
-                inl = int(fields[4]) if has_extra else -1
-            except ValueError:
-                raise RankingFormatError(f"{path}:{number}: the inlier count {fields[4]!r} is not an integer") from None
-            rows.setdefault(fields[0], []).append((score, fields[1], g, inl))
-    names = list(database) if database is not None else list(dict.fromkeys(d for r in rows.values() for _, d, _, _ in r))
+    if os.path.isdir(path):
+        raise RankingFormatError(f"{path} is a folder, not a ranking file")
+    for number, line in _lines(path):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) not in (3, 5):
+            raise RankingFormatError(f"{path}:{number}: expected 'query db score [global_score inliers]', "
+                                     f"got {len(fields)} column(s): {line.strip()[:200]!r}")
+        has_extra = len(fields) == 5
+        if extra_columns is None:
+            extra_columns = has_extra
+        elif extra_columns != has_extra:
+            raise RankingFormatError(f"{path}:{number}: mixes 3- and 5-column lines")
+        score = _float(path, number, fields, 2, "score")
+        g = _float(path, number, fields, 3, "global score") if has_extra else math.nan
+        try:
+            inl = int(fields[4]) if has_extra else -1
+        except ValueError:
+            raise RankingFormatError(f"{path}:{number}: the inlier count {fields[4]!r} is not an integer") from None
+        if inl < -1:
+            raise RankingFormatError(f"{path}:{number}: the inlier count {inl} is negative (-1 = not verified)")
+        rows.setdefault(fields[0], []).append((score, fields[1], g, inl, number))
+    names = list(database) if database is not None else list(dict.fromkeys(r[1] for rs in rows.values() for r in rs))
     ids = {n: i for i, n in enumerate(names)}
     depth = max((len(r) for r in rows.values()), default=0)
     shape = (len(rows), depth)
@@ -108,11 +126,11 @@ def read_ranking(path: str | os.PathLike, database: Sequence[str] | None = None)
     for q, (query, results) in enumerate(rows.items()):
         ordered = sorted(results, key=lambda r: -r[0])
         seen: set[str] = set()
-        for k, (score, db, g, inl) in enumerate(ordered):
+        for k, (score, db, g, inl, number) in enumerate(ordered):
             if db not in ids:
-                raise RankingFormatError(f"{path}: {db!r} (a result of {query!r}) is not in the database")
+                raise RankingFormatError(f"{path}:{number}: {db!r} (a result of {query!r}) is not in the database")
             if db in seen:
-                raise RankingFormatError(f"{path}: {db!r} is listed twice for {query!r}")
+                raise RankingFormatError(f"{path}:{number}: {db!r} is listed twice for {query!r}")
             seen.add(db)
             indices[q, k], scores[q, k], global_scores[q, k], inliers[q, k] = ids[db], score, g, inl
     return Ranking(list(rows), names, indices, scores,

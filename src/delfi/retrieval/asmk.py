@@ -40,8 +40,10 @@ from typing import Any
 import numpy as np
 
 from delfi.retrieval.arrays import as_matrix
+from delfi.retrieval.settings import check_index_settings
 from delfi.retrieval.storage import (
     IndexFormatError,
+    index_file,
     read_index_meta,
     read_names,
     write_index_dir,
@@ -122,7 +124,12 @@ class ASMKIndex:
     def __init__(self, dim: int, *, codebook_size: int = 65536, binary: bool = True, alpha: float = 3.0,
                  similarity_threshold: float = 0.0, multiple_assignment_db: int = 1,
                  multiple_assignment_query: int = 5, use_idf: bool = False, seed: int = 0):
-        if int(dim) < 1:
+        check_index_settings(KIND, {"codebook_size": codebook_size, "binary": binary, "alpha": alpha,
+                                    "similarity_threshold": similarity_threshold,
+                                    "multiple_assignment_db": multiple_assignment_db,
+                                    "multiple_assignment_query": multiple_assignment_query, "use_idf": use_idf,
+                                    "seed": seed})
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or int(dim) < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if int(codebook_size) < 1:
             raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
@@ -302,8 +309,11 @@ class ASMKIndex:
             ids[qi, :take] = order
         return scores, ids
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the index directory (kind ``"asmk"``, see `delfi.retrieval.storage`); returns its path."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Write the index directory (kind ``"asmk"``, see `delfi.retrieval.storage`); returns its path.
+
+        An existing delfi index at ``path`` is replaced when ``overwrite``; anything else there is
+        refused (`delfi.retrieval.storage.IndexPathError`)."""
         self._require_trained("save")
         vecs, imids, offsets = self._flat_ivf()
         ivf = self._ivf
@@ -318,7 +328,7 @@ class ASMKIndex:
 
         config = {**self.config, "hamming_normalization": "true_dim" if self.binary else None,
                   "empty_images": int(self._empty.sum()), "vectors": len(imids)}
-        return write_index_dir(path, KIND, self.dim, self._names, config, write)
+        return write_index_dir(path, KIND, self.dim, self._names, config, write, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = True, meta: dict[str, Any] | None = None) -> ASMKIndex:
@@ -333,12 +343,16 @@ class ASMKIndex:
             raise IndexFormatError(f"{root / 'meta.json'}: kind is {meta.get('kind')!r}, not {KIND!r}")
         try:
             index = cls(int(meta["dim"]), **{p: meta["config"][p] for p in _PARAMS})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{root / 'meta.json'}: bad asmk config ({exc!r})") from None
+        except KeyError as exc:
+            raise IndexFormatError(f"{root / 'meta.json'}: the asmk setting {exc} is missing from 'config'") from None
+        except (TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{root / 'meta.json'}: bad asmk config ({exc})") from None
         names = read_names(root, int(meta["count"]))
         arr = {}
         for name in _FILES:
-            file = root / name
+            if name not in meta["files"]:
+                raise IndexFormatError(f"{root / 'meta.json'}: 'files' does not list {name}")
+            file = index_file(root, name)
             if not file.is_file():
                 raise IndexFormatError(f"{file}: missing")
             try:
@@ -363,6 +377,9 @@ class ASMKIndex:
             if not ok:
                 a = arr[name]
                 raise IndexFormatError(f"{root / name}: expected {expected}, got {a.shape} {a.dtype}")
+        for name in ("codebook.npy", "ivf_vecs.npy", "ivf_idf.npy", "ivf_norm_factor.npy"):
+            if arr[name].dtype.kind == "f" and not np.isfinite(arr[name]).all():
+                raise IndexFormatError(f"{root / name}: NaN or infinite values: rebuild the index")
         index._set_codebook(cdb)
         counts = np.diff(offsets).astype(np.int32)
         ivf_vecs = [vecs[a:b] if b > a else None for a, b in pairwise(offsets)]

@@ -48,8 +48,10 @@ import numpy as np
 import torch
 
 from delfi.retrieval.arrays import as_matrix
+from delfi.retrieval.settings import IndexSettingsError, check_index_settings
 from delfi.retrieval.storage import (
     IndexFormatError,
+    index_file,
     read_index_meta,
     read_names,
     write_index_dir,
@@ -109,9 +111,11 @@ class GlobalIndex:
                  nprobe: int = 32, refine: int = 4, refine_type: str = "sq8", seed: int = 0) -> None:  # fmt: skip
         if kind not in self.KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {self.KINDS}")
-        if dim < 1:
-            raise ValueError(f"dim must be positive, got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if kind == "ivfpq":
+            check_index_settings(kind, {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "refine": refine,
+                                        "refine_type": refine_type, "seed": seed})
             if dim % m:
                 raise ValueError(f"m={m} PQ sub-vectors must divide the dimension {dim}")
             if min(nlist, m, nbits, nprobe) < 1 or refine < 0 or refine_type not in _REFINE:
@@ -172,7 +176,12 @@ class GlobalIndex:
     def build(cls, vectors: Any, names: Sequence[str], kind: str = "exact", *, train_vectors: Any = None,
               **params: Any) -> GlobalIndex:  # fmt: skip
         """An index of ``vectors`` (N, D) named ``names`` (N); IVF-PQ is trained on ``train_vectors`` or,
-        when None, on a seeded random sample of ``vectors`` (at most max(64 * nlist, 65536) of them)."""
+        when None, on a seeded random sample of ``vectors`` (at most max(64 * nlist, 65536) of them).
+
+        Raises:
+            IndexSettingsError: a setting in ``params`` unknown for ``kind`` or of a wrong type.
+        """
+        check_index_settings(kind, params)
         vectors = as_matrix(vectors, "vectors")
         index = cls(vectors.shape[1], kind, **params)
         if not index.is_trained:
@@ -258,6 +267,11 @@ class GlobalIndex:
                 s, i = self._index.search(batch, kk, params=params)
                 s[i < 0] = -np.inf
             scores[start : start + len(batch), :kk], ids[start : start + len(batch), :kk] = s, i
+        bad = (ids >= 0) & ~np.isfinite(scores)
+        if bad.any():  # only a loaded FAISS file can hold non-finite vectors (add() refuses them)
+            names = sorted({self._names[i] for i in ids[bad]})
+            raise ValueError(f"the index holds non-finite vectors (for {', '.join(map(repr, names[:5]))}"
+                             f"{' ...' if len(names) > 5 else ''}): rebuild it")
         return scores, ids
 
     def _faiss_params(self, nprobe: int | None):
@@ -299,8 +313,11 @@ class GlobalIndex:
         order = np.lexsort((cand, -exact), axis=1)[:, :k]
         return np.take_along_axis(exact, order, 1).astype(np.float32), np.take_along_axis(cand, order, 1)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the index directory (``names.txt``, ``vectors.npy`` or ``index.faiss``, ``meta.json``)."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Write the index directory (``names.txt``, ``vectors.npy`` or ``index.faiss``, ``meta.json``).
+
+        An existing delfi index at ``path`` is replaced when ``overwrite``; anything else there is
+        refused (`delfi.retrieval.storage.IndexPathError`)."""
 
         def write_files(tmp: Path) -> None:
             if self._index is None:
@@ -309,7 +326,7 @@ class GlobalIndex:
                 _faiss().write_index(self._index, str(tmp / "index.faiss"))
 
         config = {"metric": "inner_product", **self.params}
-        return write_index_dir(path, self._kind, self._dim, self._names, config, write_files)
+        return write_index_dir(path, self._kind, self._dim, self._names, config, write_files, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = True, meta: dict[str, Any] | None = None) -> GlobalIndex:
@@ -326,9 +343,17 @@ class GlobalIndex:
             raise IndexFormatError(f"{root / 'meta.json'}: kind {kind!r} is not a global index kind {cls.KINDS}")
         params = {key: meta["config"][key] for key in ("nlist", "m", "nbits", "nprobe", "refine", "refine_type", "seed")
                   if key in meta["config"]}  # fmt: skip
-        index = cls(dim, kind, **params)
+        try:
+            index = cls(dim, kind, **(params if kind == "ivfpq" else {}))
+        except (IndexSettingsError, TypeError) as exc:
+            raise IndexFormatError(f"{root / 'meta.json'}: bad config ({exc})") from None
+        except ValueError as exc:
+            raise IndexFormatError(f"{root / 'meta.json'}: {exc}") from None
         names = read_names(root, count)
-        file = root / ("vectors.npy" if kind == "exact" else "index.faiss")
+        own = "vectors.npy" if kind == "exact" else "index.faiss"
+        if own not in meta["files"]:
+            raise IndexFormatError(f"{root / 'meta.json'}: 'files' does not list {own}")
+        file = index_file(root, own)
         if not file.is_file():
             raise IndexFormatError(f"{file}: missing")
         if kind == "exact":
@@ -339,12 +364,17 @@ class GlobalIndex:
             if vectors.dtype != np.float32 or vectors.shape != (count, dim):
                 raise IndexFormatError(f"{file}: {vectors.dtype} {vectors.shape}, meta.json says float32 "
                                        f"({count}, {dim})")  # fmt: skip
+            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+            if len(bad):
+                shown = ", ".join(repr(names[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                raise IndexFormatError(f"{file}: NaN or infinite values in the vectors of {len(bad)} image(s) "
+                                       f"({shown}): rebuild the index")
             index._vectors = np.ascontiguousarray(vectors)
         else:
             faiss = _faiss()
             try:
                 loaded = faiss.read_index(str(file))
-            except RuntimeError as exc:
+            except (RuntimeError, OSError) as exc:
                 raise IndexFormatError(f"{file}: FAISS cannot read it ({str(exc).strip().splitlines()[-1]})") from None
             if loaded.ntotal != count or loaded.d != dim:
                 raise IndexFormatError(f"{file}: {loaded.ntotal} vectors of dim {loaded.d}, meta.json says "
@@ -352,7 +382,5 @@ class GlobalIndex:
             index._index = loaded  # already the most derived type; a downcast proxy would not own it
             if kind == "ivfpq":
                 index._base = _ivfpq(index._index)
-        if len(set(names)) != len(names):
-            raise IndexFormatError(f"{root / 'names.txt'}: duplicate names")
         index._names, index._name_set = names, set(names)
         return index

@@ -9,13 +9,16 @@ threshold 20 px, 1000 iterations, seed 0, fewer than 4 putative matches -> 0 inl
 
 Fusion rules (``RerankConfig.fusion``), for a result with global score g and inliers n:
 
-* ``lexicographic`` (default, TF): sort by (n, g). Written as the score ``n + (1 + tanh g) / 2``,
-  which keeps that order (the second term lies in (0, 1)).
+* ``lexicographic`` (default, TF): sort by (n, g), exactly (the sort uses n and g themselves).
+  Written as the score ``n + (1 + tanh g) / 2``, which never increases along that order (the
+  second term lies in [0, 1]; where tanh rounds to +-1 scores may tie, and ranking readers keep
+  the file order of ties).
 * ``weighted``: ``g + weight * n``.
 * ``min_inliers``: results with n >= ``min_inliers`` first, each group by g; written as
   ``g + 2 * [n >= min_inliers] * (1 + max |g|)``.
 
-Results after the top-K are not verified and keep their global order below the verified ones
+Global scores must be finite: `rerank` and `fuse_scores` refuse NaN or infinite ones (an infinite
+score would outweigh every inlier count). Results after the top-K are not verified and keep their global order below the verified ones
 (``lexicographic`` counts them as n = -1, the other rules as n = 0: the top-K have the highest g, so
 they never fall below an unverified result). Junk results are neither verified nor counted in K.
 
@@ -150,9 +153,14 @@ def fuse_scores(global_scores: np.ndarray, inliers: np.ndarray, config: RerankCo
     Args:
         global_scores: (...,) float global similarity.
         inliers: (...,) int inlier counts, -1 for results that were not verified.
+
+    Raises:
+        ValueError: a global score is NaN or infinite.
     """
     g = np.asarray(global_scores, dtype=np.float64)
     n = np.asarray(inliers, dtype=np.int64)
+    if not np.isfinite(g).all():
+        raise ValueError("global scores must be finite (NaN or infinite scores cannot be fused)")
     if config.fusion == "lexicographic":
         return n + (1.0 + np.tanh(g)) / 2.0
     counted = np.maximum(n, 0)
@@ -170,7 +178,8 @@ class RerankReport:
     queries: int = 0
     pairs: int = 0
     seconds: float = 0.0
-    missing: list[str] = field(default_factory=list)  # names without features (left unverified)
+    missing: list[str] = field(default_factory=list)  # names without usable features (left unverified)
+    failed: dict[str, str] = field(default_factory=dict)  # name -> why its features could not be used
 
     @property
     def seconds_per_query(self) -> float:
@@ -221,6 +230,7 @@ def rerank(
     """
     config = config or RerankConfig()
     report = report if report is not None else RerankReport()
+    _check_scores(ranking)
     started = time.perf_counter()
     cache = FeatureCache(db_features, config.cache_size)
     workers = config.workers or os.cpu_count() or 1
@@ -231,11 +241,9 @@ def rerank(
             row = ranking.indices[q]
             columns = _candidates(row, ranking.database, (junk or {}).get(query, set()), config.top_k)
             if columns:
-                try:
-                    qf = query_features.get(query)
-                except KeyError:
-                    report.missing.append(query)
-                    qf = None
+                qf, reason = _features_or_none(query_features.get, query)
+                if qf is None:
+                    _record_failure(report, query, reason)
                 if qf is not None:
                     _verify_row(pool, qf, query, row, columns, ranking.database, cache, config, inliers[q],
                                 on_pair, report, memo)
@@ -275,12 +283,11 @@ def rerank_stores(
 
 
 def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_row, on_pair, report, memo) -> None:
-    def work(k: int) -> tuple[int, Matches | None]:
+    def work(k: int) -> tuple[int, Matches | str]:
         name = database[row[k]]
-        try:
-            dbf = cache.get(name)
-        except KeyError:
-            return k, None
+        dbf, reason = _features_or_none(cache.get, name)
+        if dbf is None:
+            return k, reason
         if dbf.descriptors.shape[1] != qf.descriptors.shape[1]:
             raise ValueError(f"{query!r} has {qf.descriptors.shape[1]}-D descriptors but {name!r} "
                              f"{dbf.descriptors.shape[1]}-D ones: query and database features come from different models")
@@ -291,8 +298,8 @@ def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_
             inliers_row[k] = memo.get((query, database[row[k]]), -1)
         columns = [k for k in columns if inliers_row[k] < 0]
     for k, matches in pool.map(work, columns):
-        if matches is None:
-            report.missing.append(database[row[k]])
+        if isinstance(matches, str):  # recorded here, in ranking order (the workers' order varies)
+            _record_failure(report, database[row[k]], matches)
             continue
         inliers_row[k] = matches.num_inliers
         report.pairs += 1
@@ -302,10 +309,40 @@ def _verify_row(pool, qf, query, row, columns, database, cache, config, inliers_
             on_pair(query, database[row[k]], matches)
 
 
+def _check_scores(ranking: Ranking) -> None:
+    """Refuse NaN or infinite global scores of real results (they would misorder the fusion)."""
+    bad = (ranking.indices >= 0) & ~np.isfinite(ranking.scores)
+    if bad.any():
+        q, k = (int(v[0]) for v in np.nonzero(bad))
+        raise ValueError(f"the ranking has {int(bad.sum())} NaN or infinite score(s), e.g. query "
+                         f"{ranking.queries[q]!r}, result {ranking.database[ranking.indices[q, k]]!r}: "
+                         "scores must be finite to be reranked")
+
+
+def _features_or_none(get: Callable[[str], Features], name: str) -> tuple[Features | None, str]:
+    """``(get(name), "")``, or ``(None, reason)`` when the entry is missing or bad."""
+    try:
+        return get(name), ""
+    except KeyError:
+        return None, "not in the feature store"
+    except ValueError as exc:  # a bad entry: the store's message names the store and entry
+        return None, str(exc) or type(exc).__name__
+
+
+def _record_failure(report: RerankReport, name: str, reason: str) -> None:
+    report.missing.append(name)
+    report.failed.setdefault(name, reason)
+
+
 def _reorder(ranking: Ranking, inliers: np.ndarray, config: RerankConfig) -> Ranking:
     valid = ranking.indices >= 0
-    fused = np.where(valid, fuse_scores(np.where(valid, ranking.scores, 0.0), inliers, config), -np.inf)
-    order = np.argsort(-fused, axis=1, kind="stable")
+    g = np.where(valid, ranking.scores, 0.0)
+    fused = np.where(valid, fuse_scores(g, inliers, config), -np.inf)
+    if config.fusion == "lexicographic":  # by (n, g) themselves: tanh saturates for |g| > ~19
+        position = np.broadcast_to(np.arange(fused.shape[1]), fused.shape)
+        order = np.lexsort((position, -g, -inliers, ~valid), axis=1) if fused.size else np.zeros(fused.shape, np.int64)
+    else:
+        order = np.argsort(-fused, axis=1, kind="stable")
     take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     scores = take(fused)
     scores[~np.isfinite(scores)] = np.nan

@@ -13,12 +13,20 @@ import numpy as np
 
 from delfi.types import Ranking
 
-__all__ = ["MissingDescriptorError", "global_descriptors", "local_descriptors", "build_index", "search",
+__all__ = ["MissingDescriptorError", "BadEntryError", "global_descriptors", "local_descriptors", "build_index", "search",
            "ranking_from_scores"]
 
 
 class MissingDescriptorError(ValueError):
     """A feature store entry without the descriptor the index needs (names store and entry)."""
+
+
+class BadEntryError(ValueError):
+    """A feature store entry that cannot be used (unreadable, non-finite values); names store and entry."""
+
+
+OnFailure = Callable[[str, str], None]
+"""Called with (entry name, reason) for an entry that is left out; without it the entry raises."""
 
 
 def _names(store, names: Sequence[str] | None) -> list[str]:
@@ -30,21 +38,56 @@ def _names(store, names: Sequence[str] | None) -> list[str]:
     return list(names)
 
 
+def _reason(exc: BaseException) -> str:
+    """The message of an exception (a KeyError's without the quotes repr adds)."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
+def _left_out(store, name: str, reason: str, on_failure: OnFailure | None) -> None:
+    """Report an unusable entry to ``on_failure``, or raise `BadEntryError` without one."""
+    if on_failure is None:
+        raise BadEntryError(reason if str(store.path) in reason else f"{store.path}: {name!r}: {reason}")
+    on_failure(name, reason)
+
+
+def _read(store, name: str, on_failure: OnFailure | None):
+    """``store.get(name)``, or None (reported) when the entry is missing or bad."""
+    try:
+        return store.get(name)
+    except (KeyError, ValueError) as exc:  # the stores raise these for missing / bad entries
+        _left_out(store, name, _reason(exc), on_failure)
+        return None
+
+
 def global_descriptors(store, names: Sequence[str] | None = None,
-                       on_item: Callable[[str], None] | None = None) -> tuple[list[str], np.ndarray]:
+                       on_item: Callable[[str], None] | None = None,
+                       on_failure: OnFailure | None = None) -> tuple[list[str], np.ndarray]:
     """The global descriptors of a `FeatureStore`.
 
+    Args:
+        store: the feature store.
+        names: entries to read (all, sorted, when None).
+        on_item: called with each name read.
+        on_failure: called with (name, reason) for an entry that is unreadable or holds NaN or
+            infinite values; the entry is left out. Without it such an entry raises `BadEntryError`.
+
     Returns:
-        ``(names, vectors)``: vectors (N, G) float32 in the order of ``names`` (all entries, sorted,
-        when ``names`` is None).
+        ``(names, vectors)``: the usable names and their vectors (N, G) float32, in that order.
 
     Raises:
-        MissingDescriptorError: an entry has no global descriptor (local-only features: use ASMK).
+        MissingDescriptorError: an entry has no global descriptor (local-only features: use ASMK), or
+            the dimensions differ (features of different models).
     """
     names = _names(store, names)
+    kept: list[str] = []
     rows = []
     for name in names:
-        g = store.get(name).global_descriptor
+        features = _read(store, name, on_failure)
+        if features is None:
+            continue
+        g = features.global_descriptor
         if g is None:
             raise MissingDescriptorError(
                 f"{store.path}: {name!r} has no global descriptor (extracted with a local-only model?); "
@@ -52,28 +95,47 @@ def global_descriptors(store, names: Sequence[str] | None = None,
         row = g.numpy().astype(np.float32, copy=False).reshape(-1)
         if rows and row.shape != rows[0].shape:
             raise MissingDescriptorError(f"{store.path}: {name!r} has a {row.shape[0]}-D global descriptor, "
-                                         f"{names[0]!r} a {rows[0].shape[0]}-D one (features of different models?)")
+                                         f"{kept[0]!r} a {rows[0].shape[0]}-D one (features of different models?)")
+        if not np.isfinite(row).all():
+            _left_out(store, name, f"{store.path}: {name!r}: NaN or infinite values in the global descriptor",
+                      on_failure)
+            continue
         rows.append(row)
+        kept.append(name)
         if on_item is not None:
             on_item(name)
     dim = rows[0].shape[0] if rows else 0
-    return names, (np.stack(rows) if rows else np.zeros((0, dim), np.float32))
+    return kept, (np.stack(rows) if rows else np.zeros((0, dim), np.float32))
 
 
 def local_descriptors(store, names: Sequence[str] | None = None,
-                      on_item: Callable[[str], None] | None = None) -> tuple[list[str], list[np.ndarray]]:
-    """The local descriptors of a `FeatureStore`: ``(names, [ (n_i, D) float32 per image ])``."""
+                      on_item: Callable[[str], None] | None = None,
+                      on_failure: OnFailure | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """The local descriptors of a `FeatureStore`: ``(names, [ (n_i, D) float32 per image ])``.
+
+    Unreadable entries and entries with NaN or infinite values go to ``on_failure`` and are left
+    out (without it they raise `BadEntryError`); different dimensions raise `MissingDescriptorError`.
+    """
     names = _names(store, names)
+    kept: list[str] = []
     out: list[np.ndarray] = []
     for name in names:
-        desc = store.get(name).descriptors.numpy().astype(np.float32, copy=False)
+        features = _read(store, name, on_failure)
+        if features is None:
+            continue
+        desc = features.descriptors.numpy().astype(np.float32, copy=False)
         if out and desc.shape[1] != out[0].shape[1]:
             raise MissingDescriptorError(f"{store.path}: {name!r} has {desc.shape[1]}-D local descriptors, "
-                                         f"{names[0]!r} {out[0].shape[1]}-D ones (features of different models?)")
+                                         f"{kept[0]!r} {out[0].shape[1]}-D ones (features of different models?)")
+        if not np.isfinite(desc).all():
+            _left_out(store, name, f"{store.path}: {name!r}: NaN or infinite values in the local descriptors",
+                      on_failure)
+            continue
         out.append(desc)
+        kept.append(name)
         if on_item is not None:
             on_item(name)
-    return names, out
+    return kept, out
 
 
 def _training_sample(descriptors: list[np.ndarray], size: int, seed: int) -> np.ndarray:
@@ -100,51 +162,76 @@ def build_index(
     params: dict[str, Any] | None = None,
     train_size: int = 500_000,
     on_item: Callable[[str], None] | None = None,
+    on_failure: OnFailure | None = None,
+    overwrite: bool = True,
 ):
     """Build and save an index over the images of a feature store.
 
     Args:
         features: the database feature store.
-        out: the index directory to write.
+        out: the index directory to write (an existing delfi index there is replaced when
+            ``overwrite``; any other existing path is refused before anything is read).
         kind: ``exact`` | ``flat`` | ``ivfpq`` (global descriptors) or ``asmk`` (local ones).
         names: the entries to index (default: all, sorted).
-        params: index parameters (`GlobalIndex` / `ASMKIndex` keyword arguments).
+        params: index settings (`GlobalIndex` / `ASMKIndex` keyword arguments), checked by
+            `delfi.retrieval.settings.check_index_settings` first.
         train_size: descriptors used to train IVF-PQ / the ASMK codebook.
+        on_item: called with each entry name read.
+        on_failure: called with (name, reason) for each entry left out (unreadable, non-finite);
+            without it such an entry raises `BadEntryError`.
+        overwrite: replace an existing delfi index at ``out``.
 
     Returns:
-        The built index (also saved under ``out``).
+        The built index (also saved under ``out``); it holds the entries that could be used.
+
+    Raises:
+        IndexSettingsError: an unknown kind or setting. IndexPathError: ``out`` cannot be replaced.
+        ValueError: no usable entry.
     """
     from delfi.io.features import FeatureStore
+    from delfi.retrieval.settings import check_index_settings
+    from delfi.retrieval.storage import check_index_target
 
-    params = dict(params or {})
+    params = check_index_settings(kind, params)
+    check_index_target(out, overwrite)
     with FeatureStore(features) as store:
         if kind == "asmk":
             from delfi.retrieval.asmk import ASMKIndex
 
-            names, descriptors = local_descriptors(store, names, on_item)
+            names, descriptors = local_descriptors(store, names, on_item, on_failure)
             if not descriptors:
-                raise ValueError(f"{features}: the feature store is empty")
+                raise ValueError(f"{features}: no usable entry in the feature store")
             index = ASMKIndex(descriptors[0].shape[1], **params)
             index.train(_training_sample(descriptors, train_size, params.get("seed", 0)))
             index.add(descriptors, names)
         else:
             from delfi.retrieval.index import GlobalIndex
 
-            names, vectors = global_descriptors(store, names, on_item)
+            names, vectors = global_descriptors(store, names, on_item, on_failure)
             if len(names) == 0:
-                raise ValueError(f"{features}: the feature store is empty")
+                raise ValueError(f"{features}: no usable entry in the feature store")
             train = vectors
             if kind == "ivfpq" and len(vectors) > train_size:
                 pick = np.sort(np.random.default_rng(params.get("seed", 0)).choice(len(vectors), train_size, replace=False))
                 train = vectors[pick]
             index = GlobalIndex.build(vectors, names, kind=kind, train_vectors=train, **params)
-    index.save(out)
+    index.save(out, overwrite=overwrite)
     return index
 
 
 def ranking_from_scores(queries: Sequence[str], database: Sequence[str], scores: np.ndarray,
                         ids: np.ndarray) -> Ranking:
-    """A `Ranking` from search results: scores and ids (Q, K), ids -1 = no result."""
+    """A `Ranking` from search results: scores and ids (Q, K), ids -1 = no result.
+
+    Raises:
+        ValueError: the shapes disagree with each other or with the Q names of ``queries``.
+    """
+    scores, ids = np.asarray(scores), np.asarray(ids)
+    if ids.ndim != 2 or scores.shape != ids.shape or len(ids) != len(queries):
+        raise ValueError(f"search results for {len(queries)} queries need (Q, K) scores and ids with Q = "
+                         f"{len(queries)}, got scores {scores.shape} and ids {ids.shape}")
+    if ids.size and (ids.min() < -1 or ids.max() >= len(database)):
+        raise ValueError(f"result ids must lie in [-1, {len(database)}), got [{ids.min()}, {ids.max()}]")
     scores = np.where(ids >= 0, scores.astype(np.float64), np.nan)
     return Ranking(list(queries), list(database), ids, scores)
 
@@ -158,18 +245,23 @@ def search(
     batch_size: int = 1024,
     nprobe: int | None = None,
     on_item: Callable[[str], None] | None = None,
+    on_failure: OnFailure | None = None,
 ) -> Ranking:
     """Rank the index's images for every query of a feature store (the top ``top_k`` per query);
-    ``nprobe`` overrides the IVF-PQ cells scanned per query."""
+    ``nprobe`` overrides the IVF-PQ cells scanned per query. A query that is unreadable or holds
+    NaN or infinite values goes to ``on_failure`` (name, reason) and is left out of the ranking;
+    without ``on_failure`` it raises `BadEntryError`."""
     from delfi.io.features import FeatureStore
     from delfi.retrieval.asmk import ASMKIndex
 
     with FeatureStore(query_features) as store:
         if isinstance(index, ASMKIndex):
-            names, descriptors = local_descriptors(store, names, on_item)
+            names, descriptors = local_descriptors(store, names, on_item, on_failure)
             scores, ids = index.search(descriptors, top_k)
         else:
-            names, vectors = global_descriptors(store, names, on_item)
+            names, vectors = global_descriptors(store, names, on_item, on_failure)
+            if len(vectors) and vectors.shape[1] != index.dim:
+                raise MissingDescriptorError(f"{query_features}: {vectors.shape[1]}-D global descriptors but the "
+                                             f"index holds {index.dim}-D ones (features of different models?)")
             scores, ids = index.search(vectors, top_k, batch_size=batch_size, nprobe=nprobe)
     return ranking_from_scores(names, index.names, scores, ids)
-

@@ -42,7 +42,27 @@ from PIL import Image, ImageOps
 from delfi.io.images import pil_to_rgb_float
 from delfi.types import Ranking
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "is_delfi_report", "ReportPathError"]
+
+GENERATOR = '<meta name="generator" content="delfi report">'  # marks the pages delfi wrote
+_DATA_MARK = b'id="delfi-data"'
+
+
+class ReportPathError(ValueError):
+    """A report path holding a file delfi did not write (it is never overwritten)."""
+
+
+def is_delfi_report(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a page written by `write_report` (its generator tag or its data script)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+            if GENERATOR.encode() in head:
+                return True
+            fh.seek(0)
+            return any(_DATA_MARK in block for block in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return False
 
 LABELS = {"positive": "✓ positive", "junk": "○ junk", "wrong": "✗ wrong"}
 JPEG_QUALITY = 82
@@ -359,10 +379,17 @@ def write_report(
 
     Returns:
         The path of the written report.
+
+    Raises:
+        ReportPathError: ``out`` is a folder, or an existing file that is not a delfi report.
     """
     if top_n < 1 or thumb_size < 8:
         raise ValueError(f"top_n must be >= 1 and thumb_size >= 8, got {top_n} and {thumb_size}")
     out = Path(out)
+    if out.is_dir():
+        raise ReportPathError(f"{out} is a folder: give the report's file name, e.g. {out / 'report.html'}")
+    if out.exists() and not is_delfi_report(out):
+        raise ReportPathError(f"{out} exists and is not a delfi report: refusing to overwrite it; choose another path")
     out.parent.mkdir(parents=True, exist_ok=True)
     thumbs = _Thumbs(image_path, thumb_size)
     ctx: dict[str, Any] = {
@@ -381,7 +408,7 @@ def write_report(
     variables = f":root{{--side:{side}px;--card:{card}px;--thumb-h:{round(thumb_size * 0.75)}px}}"
     head_title = html.escape(title)
     page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{GENERATOR}'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{head_title}</title><style>{variables}{CSS}{''.join(thumbs.rules)}</style></head>\n"
         f"<body><h1>{head_title}</h1>"
@@ -392,6 +419,9 @@ def write_report(
         f"\n<main>{body}</main>\n{_json_script(data)}\n<script>{SCRIPT}</script></body></html>\n"
     )
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
