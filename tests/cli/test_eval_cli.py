@@ -34,12 +34,15 @@ def test_eval_hpatches_caches_features_and_rescores(tmp_path, checkpoint):
     first_run = invoke(*args)
     assert first_run.exit_code == 0, first_run.output
     assert "MMA@3" in first_run.output and "HA@3px" in first_run.output
-    results = json.loads((tmp_path / "res" / "rand" / "results.json").read_text())
-    assert results["method"] == "rand"
-    assert (tmp_path / "res" / "rand" / "hpatches.npy").is_file() and (tmp_path / "res" / "rand" / "mma.png").is_file()
+    run_dir = tmp_path / "res" / "hpatches" / "rand"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["method"] == "rand" and results["benchmark"] == "hpatches"
+    assert (run_dir / "hpatches.npy").is_file() and (run_dir / "mma.png").is_file()
+    assert sum(results["status_counts"].values()) == 10
+    assert "verification: " in first_run.output
     second_run = invoke(*args)
     assert second_run.exit_code == 0 and "cached" in second_run.output
-    assert json.loads((tmp_path / "res" / "rand" / "results.json").read_text())["mma"] == results["mma"]
+    assert json.loads((run_dir / "results.json").read_text())["mma"] == results["mma"]
 
 
 def test_eval_evd_runs_and_reports_per_pair(tmp_path, checkpoint):
@@ -53,7 +56,7 @@ def test_eval_evd_runs_and_reports_per_pair(tmp_path, checkpoint):
     result = invoke("eval", "evd", "--root", root, "--weights", checkpoint, "--out", tmp_path / "res", "--method", "rand", "--no-pictures", *LOW)
     assert result.exit_code == 0, result.output
     assert "toy" in result.output
-    assert (tmp_path / "res" / "rand" / "results.json").is_file()
+    assert (tmp_path / "res" / "evd" / "rand" / "results.json").is_file()
 
 
 def test_eval_usage_errors(tmp_path, checkpoint):

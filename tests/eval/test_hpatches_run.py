@@ -87,7 +87,7 @@ def test_run_hpatches_synthetic_end_to_end(synthetic_hpatches, tmp_path):
     assert max(p.corner_error for p in report.pairs) < 0.01
     assert report.homography_accuracy == {s: {1: 1.0, 3: 1.0, 5: 1.0} for s in ("overall", "i", "v")}
 
-    run_dir = tmp_path / "out" / "perfect"
+    run_dir = tmp_path / "out" / "hpatches" / "perfect"
     for name in ("features.h5", "hpatches.npy", "results.json", "mma.png"):
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
     assert (run_dir / "mma.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -150,7 +150,7 @@ def test_run_hpatches_shared_features_path_and_image_list(synthetic_hpatches, tm
     rep = run_hpatches(synthetic_hpatches, extract, tmp_path / "out", method="a", features_path=store,
                        image_list=listing, homography_convention="centre", plot=False)  # fmt: skip
     assert store.is_file() and len(extract.calls) == 6 and rep.result.n_v_pairs == 5 and rep.result.n_i_pairs == 0
-    assert not (tmp_path / "out" / "a" / "features.h5").exists()
+    assert not (tmp_path / "out" / "hpatches" / "a" / "features.h5").exists()
     # "centre" moves H by a sub-pixel amount: the perfect (raw-convention) features stay within 1 px
     assert rep.result.mma(1) == 1.0 and rep.config["homography_convention"] == "centre"
 

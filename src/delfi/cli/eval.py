@@ -10,23 +10,98 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from delfi.cli.common import ProgressBar, fail, load_model, stderr_console
+from delfi.cli.common import ProgressBar, fail, load_model, refuse_output_among_inputs, stderr_console
 
 app = typer.Typer(help="Benchmarks: HPatches (MMA, homography accuracy), EVD, revisited Oxford/Paris, place recognition.", no_args_is_help=True)
 
 
-def method_name(preset: str, config) -> str:
-    """A name that encodes the settings, so cached features never mix configurations."""
-    from delfi.config import config_to_dict
+CONTENT_KEYS = ("weights", "backbone_weights", "pca")
+"""Config fields naming files: the method name depends on their content, not on their spelling."""
 
-    digest = hashlib.sha1(json.dumps(config_to_dict(config), sort_keys=True).encode()).hexdigest()[:8]
-    weights = Path(str(config.weights)).stem if config.weights else "random"
-    return f"{Path(preset).stem}-{weights}-{digest}"
+
+def method_name(preset: str, config, weights_sha256: Optional[str] = None) -> str:
+    """A name that encodes the settings, so cached features never mix configurations.
+
+    ``<preset>-<weights>-<config hash>``: the weights part is the known weights' name when the file's
+    content is a known entry's, else ``sha-<first 10 hex digits of its sha256>``; the hash covers
+    the config with every file it names (weights, backbone weights, PCA) replaced by the file's
+    sha256. So ``r2d2-wasf-n16``, ``/path/r2d2_WASF_N16.pt``, a copy or a link to it give one
+    method name and share one feature cache.
+
+    Args:
+        weights_sha256: the weights' digest when already known (a loaded model's), else computed.
+    """
+    from delfi.config import config_to_dict
+    from delfi.models.weights import known_weights_by_sha256
+
+    settings = config_to_dict(config)
+    label = "random"
+    for key in CONTENT_KEYS:
+        value = settings.get(key)
+        if not value:
+            continue
+        digest = weights_sha256 if key == "weights" and weights_sha256 else _content_digest(key, value)
+        settings[key] = {"sha256": digest}
+        if key == "weights":
+            known = known_weights_by_sha256(digest)
+            label = known.name if known is not None else f"sha-{digest[:10]}"
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{Path(preset).stem}-{label}-{digest}"
+
+
+def _content_digest(key: str, value) -> str:
+    """sha256 of the file a config field names (weights by name or path, a PCA file by path)."""
+    from delfi.models.weights import sha256_file, weights_sha256
+
+    if key == "pca":
+        return sha256_file(Path(str(value)).expanduser())
+    return weights_sha256(str(value))
 
 
 def _extractor(preset: str, weights: Optional[str], settings: list[str], device: str, method: Optional[str]):
     model, config = load_model(preset, weights, settings, device)
-    return model.extract, method or method_name(preset, config)
+    return model.extract, method or method_name(preset, config, getattr(model, "weights_sha256", None))
+
+
+def _check_outputs(out: Path, root: Path, method: Optional[str], inputs: list) -> None:
+    """Exit 2 (nothing done) for an --out that is an input, inside the dataset, or a bad --method."""
+    from delfi.eval.results import ResultsConflictError, check_outside
+
+    refuse_output_among_inputs(out, [root, *inputs])
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} is a file: give a results folder")
+    try:
+        check_outside(out, root)
+    except ResultsConflictError as exc:
+        raise fail(str(exc)) from None
+    if method is not None and (not method or "/" in method or "\\" in method or method in (".", "..")):
+        raise fail(f"--method {method!r}: give a plain name (it becomes a folder)")
+
+
+def _check_compare(compare: list[Path]) -> None:
+    """Exit 2 (nothing done) when a --compare item is not a D2-Net cache or a delfi HPatches results.json."""
+    from delfi.eval.hpatches_run import summary_of
+
+    for item in compare:
+        try:
+            summary_of(item)
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            raise fail(f"--compare {item}: {exc}") from None
+
+
+def _report_failures(what: str, rows: list[tuple[str, str]], run_dir: Path) -> None:
+    """List the left-out items (all of them in a file when many) and exit 1."""
+    if not rows:
+        return
+    from delfi.cli.common import EXIT_FAILED, report_failures
+
+    report_failures(stderr_console(), f"{what} left out", [what.rstrip("s"), "reason"], rows,
+                    list_file=run_dir / "failures.tsv")
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _status_line(counts: dict) -> str:
+    return "verification: " + ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
 @app.command("hpatches")
@@ -34,8 +109,8 @@ def hpatches(
     root: Path = typer.Option(..., "--root", help="HPatches-sequences folder (<seq>/1.ppm..6.ppm, H_1_k)."),
     preset: str = typer.Option("r2d2", "--preset", "-p"),
     weights: Optional[str] = typer.Option(None, "--weights", "-w"),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (one subfolder per method)."),
-    method: Optional[str] = typer.Option(None, "--method", help="Name of this run (default: preset-weights-confighash)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (<out>/hpatches/<method>/)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Name of this run (default: preset-weights-confighash, from the weights' content)."),
     sequences: Optional[List[str]] = typer.Option(None, "--sequence", "-s", help="Only these sequences (repeatable)."),
     image_list: Optional[Path] = typer.Option(None, "--image-list", help="D2-Net image list (the 108-sequence protocol)."),
     convention: str = typer.Option("raw", "--homography-convention", help="raw (as published) | centre (delfi's pixel centres)."),
@@ -46,12 +121,23 @@ def hpatches(
 ) -> None:
     """MMA@1..10 (overall / illumination / viewpoint), homography accuracy, features and matches.
 
-    Features are cached per method, so a second run only re-scores. Results: hpatches.npy (the D2-Net
-    cache format, comparable with published caches), results.json and mma.png.
+    Features are cached per method, so a second run only re-scores. Results in <out>/hpatches/<method>/:
+    hpatches.npy (the D2-Net cache format, comparable with published caches), results.json and mma.png.
+    A sequence with missing or malformed files is listed and left out (exit 1); the rest is scored.
     """
-    from delfi.datasets.hpatches import HPatchesError
-    from delfi.eval.hpatches_run import MissingFeaturesError, compare_table, run_hpatches
+    from delfi.datasets.hpatches import HPatchesError, list_sequences
+    from delfi.eval.hpatches_run import BENCHMARK, PRODUCTS, MissingFeaturesError, compare_table, run_hpatches
+    from delfi.eval.results import ResultsConflictError, claim_run_dir
 
+    _check_outputs(out, root, method, [image_list, *(compare or [])])
+    _check_compare(list(compare or []))
+    try:
+        if not list_sequences(root):
+            raise fail(f"--root {root}: no HPatches sequences (i_* / v_* folders with 1.ppm..6.ppm and H_1_2..H_1_6)")
+        if method is not None:
+            claim_run_dir(out / BENCHMARK / method, BENCHMARK, PRODUCTS)
+    except (HPatchesError, ResultsConflictError) as exc:
+        raise fail(str(exc)) from None
     extract, name = _extractor(preset, weights, list(overrides or []), device, method)
     try:
         with ProgressBar(None, "extracting") as bar:
@@ -59,11 +145,13 @@ def hpatches(
                 root, extract, out, method=name, sequences=sequences or None, image_list=image_list,
                 homography_convention=convention, ransac_threshold=threshold, on_image=bar.advance,
             )  # fmt: skip
-    except (HPatchesError, MissingFeaturesError, FileNotFoundError, ValueError) as exc:
+    except (HPatchesError, MissingFeaturesError, ResultsConflictError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     console = Console()
     console.print(compare_table([report, *(compare or [])]))
-    stderr_console().print(f"results -> {out / name}/ (hpatches.npy, results.json, mma.png)")
+    console.print(_status_line(report.status_counts), highlight=False)
+    stderr_console().print(f"results -> {report.out_dir}/ (hpatches.npy, results.json, mma.png)", highlight=False)
+    _report_failures("sequences", report.failures, report.out_dir)
 
 
 @app.command("evd")
@@ -71,7 +159,7 @@ def evd(
     root: Path = typer.Option(..., "--root", help="EVD folder (1/, 2/, h/)."),
     preset: str = typer.Option("r2d2", "--preset", "-p"),
     weights: Optional[str] = typer.Option(None, "--weights", "-w"),
-    out: Path = typer.Option(Path("results"), "--out", "-o"),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (<out>/evd/<method>/)."),
     method: Optional[str] = typer.Option(None, "--method"),
     threshold: float = typer.Option(3.0, "--ransac-threshold"),
     success_px: float = typer.Option(10.0, "--success-px", help="A pair succeeds when the mean corner error is below this."),
@@ -79,10 +167,21 @@ def evd(
     device: str = typer.Option("cpu", "--device"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
 ) -> None:
-    """The 15 extreme-viewpoint pairs: inliers, corner error and success rate per pair."""
-    from delfi.datasets.evd import EVDError
-    from delfi.eval.evd import run_evd
+    """The 15 extreme-viewpoint pairs: inliers, corner error, verification status and success rate per pair.
 
+    A pair with missing or malformed files is listed and left out (exit 1); the rest is scored.
+    """
+    from delfi.datasets.evd import EVDError, list_pairs
+    from delfi.eval.evd import BENCHMARK, run_evd
+    from delfi.eval.results import ResultsConflictError, claim_run_dir
+
+    _check_outputs(out, root, method, [])
+    try:
+        list_pairs(root)
+        if method is not None:
+            claim_run_dir(out / BENCHMARK / method, BENCHMARK, ("pairs",))
+    except (EVDError, ResultsConflictError) as exc:
+        raise fail(f"--root {root}: {exc}" if isinstance(exc, EVDError) else str(exc)) from None
     extract, name = _extractor(preset, weights, list(overrides or []), device, method)
     try:
         with ProgressBar(None, "extracting") as bar:
@@ -90,10 +189,11 @@ def evd(
                 root, extract, out, method=name, ransac_threshold=threshold, success_px=success_px,
                 pictures=pictures, on_image=bar.advance,
             )  # fmt: skip
-    except (EVDError, FileNotFoundError, ValueError) as exc:
+    except (EVDError, ResultsConflictError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     Console().print(report.table())
-    stderr_console().print(f"results -> {out / name}/")
+    stderr_console().print(f"results -> {report.out_dir}/", highlight=False)
+    _report_failures("pairs", report.failures, report.out_dir)
 
 
 def _register_retrieval() -> None:

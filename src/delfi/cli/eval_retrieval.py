@@ -9,7 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from delfi.cli.common import EXIT_FAILED, ProgressBar, fail, failures_table, load_model, stderr_console
+from delfi.cli.common import (
+    EXIT_FAILED,
+    ProgressBar,
+    fail,
+    failures_table,
+    load_model,
+    refuse_output_among_inputs,
+    stderr_console,
+)
 
 
 # Options shared by `eval revisitop` and `eval vpr`.
@@ -71,7 +79,28 @@ def _model(preset: str, weights: Optional[str], overrides: Optional[List[str]], 
     if skip:
         return None, None, None
     model, config = load_model(preset, weights, list(overrides or []), device)
-    return model, config_to_dict(config), method_name(preset, config)
+    return model, config_to_dict(config), method_name(preset, config, getattr(model, "weights_sha256", None))
+
+
+def _check_out(out: Optional[Path], root: Path, benchmark: str, products: tuple[str, ...], layout=None) -> None:
+    """Exit 2 (nothing done) for data missing from ``root`` (``layout()`` raises), or an --out that is
+    the data root, inside it, or holds files delfi did not write (a results.json that is not this
+    benchmark's delfi results, or its products without one)."""
+    from delfi.eval.results import ResultsConflictError, check_outside, claim_run_dir
+
+    if layout is not None:
+        try:
+            layout()
+        except (FileNotFoundError, ValueError) as exc:
+            raise fail(str(exc)) from None
+    if out is None:
+        return
+    refuse_output_among_inputs(out, [root])
+    try:
+        check_outside(out, root)
+        claim_run_dir(out, benchmark, products)
+    except ResultsConflictError as exc:
+        raise fail(str(exc)) from None
 
 
 def revisitop(
@@ -95,10 +124,13 @@ def revisitop(
     overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
     """Revisited Oxford / Paris: mAP and mP@1/5/10 for Easy, Medium, Hard, before and after reranking."""
-    from delfi.eval.revisitop_run import run_revisitop
+    from delfi.eval.revisitop_run import BENCHMARK, PRODUCTS, dataset_layout, run_revisitop
 
+    _check_out(out, root, BENCHMARK, PRODUCTS, layout=lambda: dataset_layout(root, dataset))
     model, config, method = _model(preset, weights, overrides, device, reuse)
-    out = out or Path("results") / dataset / (method or "features")
+    if out is None:
+        out = Path("results") / dataset / (method or "features")
+        _check_out(out, root, BENCHMARK, PRODUCTS)
     settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out),
                          index_param)
     result = _run_with_progress(run_revisitop, root, dataset, out, model=model, config=config,
@@ -182,10 +214,13 @@ def vpr(
     overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
     """Place recognition: recall@1/5/10/20 before and after reranking, positive rank changes."""
-    from delfi.eval.vpr_run import run_vpr
+    from delfi.eval.vpr_run import BENCHMARK, PRODUCTS, run_vpr, vpr_layout
 
+    _check_out(out, root, BENCHMARK, PRODUCTS, layout=lambda: vpr_layout(root, split))
     model, config, method = _model(preset, weights, overrides, device, reuse)
-    out = out or Path("results") / "vpr" / (method or "features")
+    if out is None:
+        out = Path("results") / "vpr" / (method or "features")
+        _check_out(out, root, BENCHMARK, PRODUCTS)
     settings = _settings(index, rerank_k, fusion, geometry, threshold, max_distance, workers, report, _family(config, out),
                          index_param)
     result = _run_with_progress(run_vpr, root, out, split=split, model=model, config=config, settings=settings,
@@ -236,9 +271,14 @@ def vpr_sweep(
     """Sweep K x matching threshold x RANSAC residual on a finished `delfi eval vpr` run: table + plot."""
     from dataclasses import replace
 
-    from delfi.eval.vpr_run import plot_sweep, sweep_rerank
+    from delfi.eval.results import ResultsConflictError
+    from delfi.eval.vpr_run import claim_sweep_dir, plot_sweep, sweep_rerank
     from delfi.retrieval.rerank import RerankConfig, matching_for
 
+    try:
+        claim_sweep_dir(out)
+    except ResultsConflictError as exc:
+        raise fail(str(exc)) from None
     base_config = RerankConfig(workers=workers, matching=replace(matching_for(_family(None, out)), geometry=geometry))
     steps = len(top_k) * len(max_distance) * len(threshold)
     try:

@@ -107,7 +107,13 @@ def load_homography(root: str | os.PathLike, name: str) -> np.ndarray:
 
 
 def _read_homography(path: Path) -> np.ndarray:
-    rows = [line.replace(",", " ").split() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EVDError(f"{path}: not a text file (expected 3 lines of 3 numbers)") from None
+    except OSError as error:
+        raise EVDError(f"{path}: cannot read it ({error.strerror or error})") from None
+    rows = [line.replace(",", " ").split() for line in text.splitlines() if line.strip()]
     if len(rows) != 3 or any(len(r) != 3 for r in rows):
         raise EVDError(f"{path}: expected a 3x3 matrix (3 lines of 3 numbers), got row lengths {[len(r) for r in rows]}")
     try:

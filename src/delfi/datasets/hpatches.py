@@ -149,7 +149,13 @@ def load_homography(root: str | os.PathLike, seq: str, k: int) -> np.ndarray:
     path = Path(root) / seq / f"H_1_{_check_index(k, PAIR_INDICES, 'pair index')}"
     if not path.is_file():
         raise HPatchesMissingError(f"{path}: homography file not found")
-    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HPatchesError(f"{path}: not a text file (expected 3 lines of 3 numbers)") from None
+    except OSError as error:
+        raise HPatchesError(f"{path}: cannot read it ({error.strerror or error})") from None
+    rows = [line.split() for line in text.splitlines() if line.strip()]
     if len(rows) != 3 or any(len(r) != 3 for r in rows):
         lengths = [len(r) for r in rows]
         raise HPatchesError(f"{path}: expected a 3x3 matrix (3 lines of 3 numbers), got row lengths {lengths}")

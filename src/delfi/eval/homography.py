@@ -31,8 +31,13 @@ __all__ = [
     "corner_error",
     "homography_accuracy",
     "image_corners",
+    "pair_status",
+    "status_counts",
     "translation",
 ]
+
+MISSING_STATUS = "no status"
+"""The status of a pair whose verification reported none: never counted as ``"ok"``."""
 
 CONVENTIONS = ("corner", "centre")
 """``"corner"``: (0, 0) is the top-left corner of the image; ``"centre"``: (0, 0) is the centre of the
@@ -134,3 +139,25 @@ def homography_accuracy(errors: Iterable[float], thresholds: Iterable[float] = (
     e = np.asarray([float(v) if v is not None else math.inf for v in errors], dtype=np.float64)
     e = np.where(np.isnan(e), np.inf, e)
     return {t: (float(np.mean(e <= t)) if len(e) else float("nan")) for t in thresholds}
+
+
+def pair_status(verified: Any) -> str:
+    """The verification status of a pair (``verified.meta["status"]``, see `delfi.match.verify`).
+
+    A result without a status is not ``"ok"``: it is ``"estimation failed"`` when there is no model,
+    else `MISSING_STATUS`.
+    """
+    meta = getattr(verified, "meta", None) or {}
+    status = meta.get("status") if isinstance(meta, dict) else None
+    if isinstance(status, str) and status:
+        return status
+    return "estimation failed" if getattr(verified, "model", None) is None else MISSING_STATUS
+
+
+def status_counts(statuses: Iterable[str]) -> dict[str, int]:
+    """How many pairs have each status, ``"ok"`` first then by decreasing count."""
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    ordered = sorted(counts.items(), key=lambda kv: (kv[0] != "ok", -kv[1], kv[0]))
+    return dict(ordered)

@@ -1,6 +1,8 @@
 """The full HPatches benchmark run behind ``delfi eval hpatches``: extract (cached), score, save, plot.
 
-One run of method ``m`` writes into ``out_dir/m/``:
+One run of method ``m`` writes into ``out_dir/hpatches/m/`` (each benchmark has its own folder, so an
+EVD run of the same method never replaces these files; a second HPatches run updates them, after
+checking that the ``results.json`` there is delfi's own HPatches results):
 
 - ``features.h5``: a `FeatureStore` of every image's `Features`, named ``"<seq>/<k>.ppm"`` (unless
   ``features_path`` points elsewhere). Images already there are not extracted again, so a second run
@@ -8,13 +10,19 @@ One run of method ``m`` writes into ``out_dir/m/``:
 - ``hpatches.npy``: the D2-Net notebook cache (`save_cache`), directly comparable with published
   caches through `load_cache` / `compare_table`.
 - ``results.json``: MMA@1..10 (overall / i / v), homography accuracy, mean features per image and
-  matches per pair, the run's configuration and one record per pair.
+  matches per pair, how many pairs each verification status has (``status_counts``), the sequences
+  left out with their reasons (``failures``), the run's configuration and one record per pair.
 - ``mma.png``: the MMA curves (`delfi.eval.plots.plot_mma_curves`).
 
 Scoring is the D2-Net protocol (`evaluate_sequences`: plain mutual nearest neighbours, MMA at 1..15 px).
 Homography accuracy: per pair a RANSAC homography is estimated from the same mutual-NN matches
 (`delfi.match.verify.verify`), its corner error measured against the ground truth on image 1's
 corners (`delfi.eval.homography.corner_error`); accuracy at t px = fraction of pairs with error <= t.
+Each pair's ``status`` is the verification's (``"ok"`` only for a model with enough inliers; a
+``"too few inliers"`` model still has a corner error); accuracy counts the corner error as before.
+
+A sequence with a missing image, a missing or malformed ``H_1_k``, or an image whose extraction fails
+is left out of the scores and listed in ``failures``; the other sequences are evaluated.
 
 ``homography_convention="raw"`` applies ``H_1_k`` as given (the D2-Net notebook; use it to compare
 with published caches). ``"centre"`` first converts ``H_1_k`` from corner-origin coordinates to delfi's
@@ -37,20 +45,22 @@ import numpy as np
 
 from delfi.datasets.hpatches import (
     IMAGE_INDICES,
+    HPatchesError,
     HPatchesMissingError,
     image_path,
     list_sequences,
     sequence_type,
 )
-from delfi.eval.homography import corner_error, homography_accuracy
+from delfi.eval.homography import corner_error, homography_accuracy, pair_status, status_counts
 from delfi.eval.hpatches import (
     HOMOGRAPHY_CONVENTIONS,
     HPatchesResult,
     evaluate_sequences,
     load_cache,
+    pair_homography,
     save_cache,
 )
-from delfi.eval.results import report_json, write_json
+from delfi.eval.results import check_outside, claim_run_dir, report_json, write_results
 from delfi.types import Features
 
 __all__ = [
@@ -64,6 +74,10 @@ __all__ = [
     "run_hpatches",
     "summary_of",
 ]
+
+BENCHMARK = "hpatches"
+PRODUCTS = ("hpatches.npy", "mma.png")
+"""Files of a run folder besides results.json and the feature store."""
 
 HA_THRESHOLDS: tuple[int, ...] = (1, 3, 5)
 TABLE_MMA_THRESHOLDS: tuple[int, ...] = (1, 3, 5, 10)
@@ -100,6 +114,7 @@ def ensure_features(
     *,
     method: str,
     on_image: Callable[[str, str], None] | None = None,
+    failures: dict[str, str] | None = None,
 ) -> int:
     """Make sure the feature store at ``store_path`` holds every image of ``images``.
 
@@ -108,14 +123,17 @@ def ensure_features(
         images: store name -> image file.
         extract: ``extract(path) -> Features`` for the images not yet in the store, or None.
         method: recorded as the ``model`` attribute of a store created here.
-        on_image: called with ``(name, "done" | "cached")`` per image.
+        on_image: called with ``(name, "done" | "cached" | "failed")`` per image.
+        failures: when given, an image that does not exist or whose extraction raises is recorded
+            here (``name -> reason``) and the others are extracted; without it the first such
+            image raises.
 
     Returns:
         The number of images extracted now.
 
     Raises:
         MissingFeaturesError: images are missing and ``extract`` is None (names them).
-        HPatchesMissingError / FileNotFoundError: an image to extract does not exist.
+        FileNotFoundError: an image to extract does not exist (without ``failures``).
     """
     from delfi.io.features import FeatureStore
 
@@ -136,18 +154,33 @@ def ensure_features(
         return 0
     if extract is None:
         raise MissingFeaturesError(store_path, missing)
-    absent = [str(images[name]) for name in missing if not Path(images[name]).is_file()]
-    if absent:
-        shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
+    absent = [name for name in missing if not Path(images[name]).is_file()]
+    if absent and failures is None:
+        shown = ", ".join(str(images[n]) for n in absent[:10]) + (" ..." if len(absent) > 10 else "")
         raise FileNotFoundError(f"{len(absent)} image(s) to extract not found: {shown}")
+    for name in absent:
+        failures[name] = f"{images[name]}: image not found"
+        if on_image is not None:
+            on_image(name, "failed")
+    missing = [name for name in missing if name not in set(absent)]
+    if not missing:
+        return 0
     store_path.parent.mkdir(parents=True, exist_ok=True)
     attrs = None if present or store_path.exists() else {"model": method}
     extracted = 0
     with FeatureStore(store_path, "a", attrs=attrs) as store:
         for name in missing:
-            features = extract(Path(images[name]))
-            if not isinstance(features, Features):
-                raise TypeError(f"extract({images[name]}) returned {type(features).__name__}, not Features")
+            try:
+                features = extract(Path(images[name]))
+                if not isinstance(features, Features):
+                    raise TypeError(f"extract({images[name]}) returned {type(features).__name__}, not Features")
+            except Exception as exc:  # noqa: BLE001 - one bad image is a listed failure when asked
+                if failures is None:
+                    raise
+                failures[name] = f"{images[name]}: extraction failed ({type(exc).__name__}: {exc})"
+                if on_image is not None:
+                    on_image(name, "failed")
+                continue
             store.put(name, features)
             extracted += 1
             if on_image is not None:
@@ -184,8 +217,9 @@ class HPatchesReport:
         method: the method's name (the output sub-folder).
         result: the D2-Net protocol accumulators (MMA at 1..15 px).
         pairs: one `PairRecord` per evaluated pair, in evaluation order.
+        failures: ``(sequence, reason)`` of the sequences left out.
         config: the settings of the run (written into results.json).
-        out_dir: ``out_dir/<method>`` where the files went (None when not written).
+        out_dir: ``out_dir/hpatches/<method>`` where the files went (None when not written).
         n_extracted: images extracted by this run (0 when everything came from the cache).
         seconds: wall time of the run.
         ha_thresholds: thresholds of the homography accuracy.
@@ -199,6 +233,12 @@ class HPatchesReport:
     n_extracted: int = 0
     seconds: float = 0.0
     ha_thresholds: tuple[int, ...] = HA_THRESHOLDS
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (sequence, reason), left out
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """How many pairs have each verification status (``"ok"``: a model with enough inliers)."""
+        return status_counts(p.status for p in self.pairs)
 
     def corner_errors(self, subset: str = "overall") -> list[float]:
         return [p.corner_error for p in self.pairs if subset == "overall" or p.kind == subset]
@@ -217,12 +257,16 @@ class HPatchesReport:
         finite = [p.corner_error for p in self.pairs if math.isfinite(p.corner_error)]
         out["median_corner_error"] = float(np.median(finite)) if finite else float("nan")
         out["n_failed_estimates"] = sum(1 for p in self.pairs if not math.isfinite(p.corner_error))
+        out["status_counts"] = self.status_counts
+        out["n_verified"] = self.status_counts.get("ok", 0)
+        out["n_failed_sequences"] = len(self.failures)
         return out
 
     def to_json(self) -> dict[str, Any]:
         """The content of results.json (JSON-safe: non-finite numbers become null)."""
         return report_json("hpatches", self.summary(), config=self.config, n_extracted=self.n_extracted,
                            seconds=self.seconds, pairs=[p.to_json() for p in self.pairs],
+                           failures=[{"sequence": s, "reason": r} for s, r in self.failures],
                            protocol="D2-Net (mutual NN, MMA), homography accuracy by RANSAC corner error")
 
     def table(self, title: str | None = None) -> Any:
@@ -248,15 +292,34 @@ def summary_of(item: Any) -> tuple[str, dict[str, Any]]:
         return "result", item.summary()
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder: give a D2-Net .npy cache or a results.json")
         if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            return str(data.get("method", path.parent.name)), _normalise_summary(data)
+            return _results_summary(path)
         summary = _normalise_summary(load_cache(path))
         name = path.name[:-4] if path.name.endswith(".npy") else path.name
         return (path.parent.name if name == "hpatches" and path.parent.name else name), summary
     if isinstance(item, Mapping):
         return str(item.get("method", "?")), _normalise_summary(item)
     raise TypeError(f"cannot compare a {type(item).__name__}: give a report, a cache path, a results.json or a dict")
+
+
+def _results_summary(path: Path) -> tuple[str, dict[str, Any]]:
+    """``(name, summary)`` of a results.json written by `run_hpatches`; a clear error otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: results file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable JSON results file ({error})") from None
+    if not isinstance(data, Mapping) or data.get("benchmark") != BENCHMARK or not isinstance(data.get("mma"), Mapping):
+        found = data.get("benchmark") if isinstance(data, Mapping) else None
+        what = f"delfi's {found} results" if isinstance(found, str) else "not delfi HPatches results"
+        raise ValueError(f"{path}: {what}, cannot be compared with HPatches (no 'mma' of benchmark 'hpatches')")
+    try:
+        return str(data.get("method", path.parent.name)), _normalise_summary(data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: malformed HPatches results ({error})") from None
 
 
 def _normalise_summary(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -365,11 +428,12 @@ def run_hpatches(
         extract: ``extract(image_path) -> Features`` (keypoints in original pixels, delfi's
             convention), called only for images without cached features; None when the cache is
             complete (a `MissingFeaturesError` names the missing images otherwise).
-        out_dir: results go to ``out_dir/<method>/``.
+        out_dir: results go to ``out_dir/hpatches/<method>/`` (never inside ``root``; an existing
+            ``results.json`` there must be delfi's own HPatches results, see `claim_run_dir`).
         method: the method's name (folder name and table row).
         sequences: sequence names to evaluate, in order; default every ``i_*`` / ``v_*`` folder.
         image_list: a D2-Net image list restricting the sequences (the 108-sequence protocol).
-        features_path: feature store to use instead of ``out_dir/<method>/features.h5``.
+        features_path: feature store to use instead of ``out_dir/hpatches/<method>/features.h5``.
         homography_convention: ``"raw"`` or ``"centre"`` (module docstring).
         ransac_threshold: inlier threshold (px) of the RANSAC homography.
         seed: RANSAC seed.
@@ -379,7 +443,11 @@ def run_hpatches(
         verify_backend: passed to `verify` as ``backend``.
         device: where to match (default: where the features are, the CPU for the store).
         plot: write ``mma.png``.
-        on_image: progress callback ``(store name, "done" | "cached")``.
+        on_image: progress callback ``(store name, "done" | "cached" | "failed")``.
+
+    Raises:
+        ResultsConflictError: the output folder is inside ``root`` or holds files delfi did not write.
+        HPatchesError: no sequence can be evaluated (the message names the first reason).
     """
     from delfi.io.features import FeatureStore
     from delfi.match.verify import verify
@@ -392,12 +460,26 @@ def run_hpatches(
     root = Path(root)
     seqs = _select_sequences(root, sequences, image_list)
     if not seqs:
-        raise HPatchesMissingError(f"{root}: no HPatches sequences to evaluate")
-    run_dir = Path(out_dir) / method
+        raise HPatchesMissingError(f"{root}: no HPatches sequences (i_* / v_* folders) to evaluate")
+    check_outside(out_dir, root, "HPatches")
+    run_dir = claim_run_dir(Path(out_dir) / BENCHMARK / method, BENCHMARK, PRODUCTS)
+    problems = {seq: why for seq in seqs if (why := sequence_problem(root, seq, homography_convention))}
+    failures = [(seq, problems[seq]) for seq in seqs if seq in problems]
+    seqs = [seq for seq in seqs if seq not in problems]
+    if not seqs:
+        raise HPatchesError(f"{root}: no usable sequence: {_first(failures)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     store_path = Path(features_path) if features_path is not None else run_dir / "features.h5"
     images = {feature_name(s, k): image_path(root, s, k, must_exist=False) for s in seqs for k in IMAGE_INDICES}
-    n_extracted = ensure_features(store_path, images, extract, method=method, on_image=on_image)
+    bad_images: dict[str, str] = {}
+    n_extracted = ensure_features(store_path, images, extract, method=method, on_image=on_image, failures=bad_images)
+    for seq in list(seqs):
+        reasons = [bad_images[feature_name(seq, k)] for k in IMAGE_INDICES if feature_name(seq, k) in bad_images]
+        if reasons:
+            failures.append((seq, reasons[0] + (f" (+{len(reasons) - 1} more images)" if len(reasons) > 1 else "")))
+            seqs.remove(seq)
+    if not seqs:
+        raise HPatchesError(f"{root}: no sequence could be evaluated: {_first(failures)}")
 
     records: list[PairRecord] = []
     with FeatureStore(store_path, "r") as store:
@@ -416,7 +498,7 @@ def run_hpatches(
             records.append(
                 PairRecord(
                     seq=seq, k=int(k), kind=sequence_type(seq), n_matches=len(matches),
-                    n_inliers=verified.num_inliers, status=str(verified.meta.get("status", "ok")),
+                    n_inliers=verified.num_inliers, status=pair_status(verified),
                     corner_error=corner_error(model, H, size),
                 )  # fmt: skip
             )
@@ -442,16 +524,38 @@ def run_hpatches(
     }
     report = HPatchesReport(
         method=method, result=result, pairs=records, config=config, out_dir=run_dir, n_extracted=n_extracted,
-        ha_thresholds=tuple(ha_thresholds),
+        ha_thresholds=tuple(ha_thresholds), failures=failures,
     )  # fmt: skip
+    report.seconds = time.perf_counter() - started
+    write_results(run_dir / "results.json", report.to_json(), BENCHMARK)  # first: it marks the folder as ours
     save_cache(result, run_dir / "hpatches.npy")
     if plot:
         from delfi.eval.plots import plot_mma_curves
 
         plot_mma_curves({method: result}, run_dir / "mma.png", title=f"HPatches: {method}")
-    report.seconds = time.perf_counter() - started
-    write_json(run_dir / "results.json", report.to_json())
     return report
+
+
+def sequence_problem(root: Path, seq: str, convention: str = "raw") -> str | None:
+    """Why sequence ``seq`` cannot be evaluated (a missing image, a missing or malformed homography
+    file), naming the file; None when it can."""
+    for k in IMAGE_INDICES:
+        path = image_path(root, seq, k, must_exist=False)
+        if not path.is_file():
+            return f"{path}: image not found"
+    for k in IMAGE_INDICES[1:]:
+        try:
+            pair_homography(root, seq, k, convention)
+        except (HPatchesError, OSError, UnicodeDecodeError, ValueError) as error:
+            return str(error)
+    return None
+
+
+def _first(failures: list[tuple[str, str]]) -> str:
+    if not failures:
+        return "nothing to evaluate"
+    seq, why = failures[0]
+    return f"{seq}: {why}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
 
 
 def _image_size(path: Path) -> tuple[int, int]:

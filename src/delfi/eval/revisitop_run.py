@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from delfi.eval.results import write_json
+from delfi.eval.results import check_outside, claim_run_dir, write_results
 from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval
 from delfi.io.rankings import write_ranking
 from delfi.retrieval.rerank import rerank_stores
@@ -30,6 +30,9 @@ __all__ = ["DATASETS", "RERANK_JUNK", "dataset_layout", "relevance", "protocol_j
 
 DATASETS = ("roxford5k", "rparis6k")
 RERANK_JUNK = ("protocol", "common")
+BENCHMARK = "revisitop"
+PRODUCTS = ("ranking.txt", "reranked.txt", "reranked_easy.txt", "reranked_hard.txt", "report.html")
+"""Files a run writes besides results.json, the stores and the index: refused when results.json is not ours."""
 
 
 def dataset_layout(root: str | os.PathLike, dataset: str) -> tuple[Path, Path]:
@@ -106,7 +109,8 @@ def run_revisitop(
         root: the data root (see the module docstring).
         dataset: ``roxford5k`` or ``rparis6k``.
         out: results folder: ``queries.h5``, ``db.h5`` (resumable), ``index/``, ``ranking.txt``,
-            ``reranked.txt``, ``results.json``.
+            ``reranked.txt``, ``results.json``. Never inside ``root``; an existing ``results.json``
+            there must be delfi's own revisitop results (`delfi.eval.results.claim_run_dir`).
         model, config: an extractor (``extract(image, bbox=...)``) and its resolved config dict. Without
             a model the stores must already exist in ``out`` (re-scoring only).
         settings: index kind and reranking (`RetrievalSettings`; ``top_k`` is raised to the database
@@ -124,8 +128,9 @@ def run_revisitop(
     from delfi.eval.revisitop import evaluate
 
     images, gnd_path = dataset_layout(root, dataset)
+    check_outside(out, root, "revisitop data")
+    out = claim_run_dir(out, BENCHMARK, PRODUCTS)
     gnd = load_ground_truth(gnd_path)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     queries, database = gnd["qimlist"], gnd["imlist"]
     q_store, db_store = out / "queries.h5", out / "db.h5"
@@ -161,6 +166,7 @@ def run_revisitop(
     result = RevisitopReport(dataset, before, after, output.files, extraction, output.rerank_seconds_per_query,
                              output.missing)
     result.files["results"] = str(out / "results.json")
-    write_json(out / "results.json", {**result.to_json(), "settings": settings.as_dict(), "rerank_junk": rerank_junk})
+    write_results(out / "results.json", {**result.to_json(), "settings": settings.as_dict(), "rerank_junk": rerank_junk},
+                  BENCHMARK)
     return result
 

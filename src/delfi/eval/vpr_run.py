@@ -17,11 +17,24 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from delfi.eval.results import write_json
+from delfi.eval.results import (
+    ResultsConflictError,
+    check_outside,
+    claim_results,
+    claim_run_dir,
+    results_benchmark,
+    write_results,
+)
 from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval
 
 __all__ = ["vpr_layout", "VPRReport", "run_vpr", "positive_rank_moves", "sweep_rerank", "Sweep", "SweepRow", "plot_sweep",
-           "store_names"]
+           "store_names", "claim_sweep_dir"]
+
+
+BENCHMARK = "vpr"
+SWEEP = "vpr-sweep"
+PRODUCTS = ("ranking.txt", "reranked.txt", "report.html", "sweep.json", "sweep.png")
+"""Files a run writes besides results.json, the stores and the index: refused when results.json is not ours."""
 
 
 def vpr_layout(root: str | os.PathLike, split: str = "test") -> tuple[Path, list[Path], list[Path]]:
@@ -87,12 +100,14 @@ def run_vpr(
     on_image: Callable | None = None,
     on_query: Callable[[str], None] | None = None,
 ) -> VPRReport:
-    """Recall@N before / after reranking; writes stores, rankings and ``results.json`` to ``out``."""
+    """Recall@N before / after reranking; writes stores, rankings and ``results.json`` to ``out``
+    (never inside ``root``; an existing ``results.json`` there must be delfi's own VPR results)."""
     from delfi.eval.vpr import rank_changes, recall_at_n
     from delfi.io.images import ImageEntry
 
     base, db_paths, q_paths = vpr_layout(root, split)
-    out = Path(out)
+    check_outside(out, root, "place-recognition data")
+    out = claim_run_dir(out, BENCHMARK, PRODUCTS)
     out.mkdir(parents=True, exist_ok=True)
     database, queries = store_names(base, db_paths), store_names(base, q_paths)
     positives = ground_truth(base, db_paths, q_paths, radius)
@@ -121,7 +136,8 @@ def run_vpr(
     if after is not None:
         report.positive_ranks = positive_rank_moves(before, after, positives, queries, database)
     report.files["results"] = str(out / "results.json")
-    write_json(out / "results.json", {**report.to_json(), "settings": settings.as_dict(), "radius_m": radius})
+    write_results(out / "results.json", {**report.to_json(), "settings": settings.as_dict(), "radius_m": radius},
+                  BENCHMARK)
     return report
 
 
@@ -176,7 +192,8 @@ def sweep_rerank(
     RANSAC residual) combination: recall@N of the global ranking and after each reranking
     (also written to ``sweep.json``).
 
-    The folder must hold ``queries.h5``, ``db.h5`` and ``ranking.txt`` (run `run_vpr` first).
+    The folder must hold ``queries.h5``, ``db.h5``, ``ranking.txt`` and delfi's VPR ``results.json``
+    (run `run_vpr` first); see `claim_sweep_dir`.
     """
     from delfi.eval.vpr import recall_at_n
     from delfi.io.features import FeatureStore
@@ -184,7 +201,7 @@ def sweep_rerank(
     from delfi.retrieval.rerank import RerankConfig, RerankReport, rerank
 
     base, db_paths, q_paths = vpr_layout(root, split)
-    out = Path(out)
+    out = claim_sweep_dir(out)
     positives = ground_truth(base, db_paths, q_paths, radius)
     ranking = read_ranking(out / "ranking.txt", database=store_names(base, db_paths))
     order = {q: i for i, q in enumerate(store_names(base, q_paths))}
@@ -201,8 +218,22 @@ def sweep_rerank(
                                        report.seconds_per_query))
             if on_step is not None:
                 on_step(f"K={k} d<{dist} r={thr}")
-    write_json(out / "sweep.json", {"recall_before": sweep.recall_before, "rows": [r.__dict__ for r in sweep.rows]})
+    write_results(out / "sweep.json", {"recall_before": sweep.recall_before, "rows": [r.__dict__ for r in sweep.rows]},
+                  SWEEP)
     return sweep
+
+
+def claim_sweep_dir(out: str | os.PathLike) -> Path:
+    """Check that ``out`` is a finished `run_vpr` folder where a sweep may write ``sweep.json`` /
+    ``sweep.png`` (absent, or written by an earlier sweep). Raises `ResultsConflictError` naming the file."""
+    out = Path(out)
+    results = out / "results.json"
+    if not out.is_dir() or results_benchmark(results) != BENCHMARK:
+        raise ResultsConflictError(f"{out}: not a folder written by `delfi eval vpr` (no VPR {results}): run it first")
+    claim_results(out / "sweep.json", SWEEP)
+    if (out / "sweep.png").exists() and not (out / "sweep.json").exists():
+        raise ResultsConflictError(f"{out / 'sweep.png'}: exists but no delfi sweep.json does: not replaced")
+    return out
 
 
 def plot_sweep(rows: Sequence[SweepRow], out: str | os.PathLike, n: int = 1, before: float | None = None) -> Path:

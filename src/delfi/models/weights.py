@@ -43,6 +43,8 @@ __all__ = [
     "cached_path",
     "download_url",
     "sha256_file",
+    "weights_sha256",
+    "known_weights_by_sha256",
     "WeightsError",
     "UnknownWeightsError",
     "WeightsNotFoundError",
@@ -421,6 +423,49 @@ def resolve_weights(name_or_path: str | os.PathLike[str]) -> tuple[Path, Weights
     raise UnknownWeightsError(
         f"{text!r} is neither a known weights name nor an existing file. {_known_names_sentence(text)}"
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Identity: the same weights, however they are named
+# --------------------------------------------------------------------------------------------------
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+"""sha256 of files already hashed in this process, by (resolved path, size, mtime in ns)."""
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = _DIGESTS[key] = sha256_file(path)
+    return digest
+
+
+def weights_sha256(name_or_path: str | os.PathLike[str]) -> str:
+    """The full hex sha256 of the weights `name_or_path` names, whatever the spelling.
+
+    A known name and a path to the same file (the cached copy, a copy elsewhere, a symlink) give the
+    same digest. The cached file of a known entry with a full digest is trusted (`download_weights`
+    verified it) and not read; any other file is hashed (once per process while it is unchanged).
+
+    Raises:
+        WeightsError: as `resolve_weights` (unknown name, missing file, weights not cached).
+    """
+    path, info = resolve_weights(name_or_path)
+    if info is not None and not info.sha256_is_prefix:
+        try:
+            trusted = path.resolve() == cached_path(info).resolve()
+        except OSError:
+            trusted = False
+        if trusted:
+            return info.sha256
+    return _file_digest(path)
+
+
+def known_weights_by_sha256(digest: str) -> WeightsInfo | None:
+    """The known entry whose file has the hex sha256 `digest` (a prefix entry matches on its prefix)."""
+    return next((i for i in KNOWN_WEIGHTS.values() if i.sha256_matches(digest)), None)
 
 
 # --------------------------------------------------------------------------------------------------
