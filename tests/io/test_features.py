@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from delfi.io.features import FeatureStore, StoreMismatchError
+from delfi.io.features import FeatureStore, StoreBusyError, StoreMismatchError
 from delfi.types import COORDINATE_CONVENTION, Features
 
 ATTRS = {"model": "delf", "weights_sha256": "ab" * 32, "config": {"max_keypoints": 1000, "scales": [0.5, 1.0]}}
@@ -145,7 +145,14 @@ def test_mismatch(tmp_path: Path, key: str) -> None:
     with pytest.raises(StoreMismatchError, match=key) as info:
         FeatureStore(path, "a", attrs=other)
     message = str(info.value)
-    assert str(path) in message and repr(ATTRS[key]) in message and repr(other[key]) in message
+    assert str(path) in message and "start afresh with --overwrite (mode='w' in Python) or use another path" in message
+    if key == "config":  # only the differing nested keys, not both whole configs
+        assert "config.max_keypoints: stored 1000, given 5" in message
+        assert "config.scales: stored [0.5, 1.0], given (absent)" in message
+    else:
+        assert f"{key}: stored {ATTRS[key]!r}, given 'other'" in message
+    assert "model" not in message or key == "model"
+    assert len(message) < 250 + len(str(path))
     FeatureStore(path, "a").close()  # no attrs given: no check
     with FeatureStore(path, "w", attrs=other) as store:  # "w" starts afresh
         assert len(store) == 0
@@ -169,8 +176,13 @@ def test_w_starts_afresh(tmp_path: Path) -> None:
         store.put("a", make_features())
     store = FeatureStore(path, "a")
     store.put("b", make_features())  # journaled, not committed
+    with pytest.raises(StoreBusyError, match=r"f\.h5.*another delfi run"):
+        FeatureStore(path, "w")  # a live writer's work is not deleted
+    assert_same(store["b"], make_features())
+    store.close()
+    assert FeatureStore(path).names() == ["a", "b"]
     with FeatureStore(path, "w") as fresh:
-        assert len(fresh) == 0 and not Path(f"{path}.journal", "x").exists()
+        assert len(fresh) == 0 and not path.exists() and not any(Path(f"{path}.journal").glob("*.npz"))
         fresh.put("c", make_features())
     assert FeatureStore(path).names() == ["c"]
 
@@ -253,10 +265,10 @@ def test_temp_files_ignored_and_cleaned(tmp_path: Path) -> None:
     journal = Path(f"{path}.journal")
     with FeatureStore(path, "w") as store:
         store.put("a", make_features())
-        (journal / ".tmp-999999999-deadbeef").write_bytes(b"PK\x03\x04 half an npz")
+        (journal / f".tmp-999999999-{'de' * 16}").write_bytes(b"PK\x03\x04 half an npz")
         (journal / "notes.txt").write_text("unrelated")
         assert FeatureStore(path).names() == ["a"]
-    assert (journal / ".tmp-999999999-deadbeef").exists()  # ignored, not ours to delete while it runs
+    assert (journal / f".tmp-999999999-{'de' * 16}").exists()  # ignored, not ours to delete while it runs
     stale_h5 = tmp_path / "f.h5.tmp-999999999"
     stale_h5.write_bytes(b"half a copy")
     with FeatureStore(path) as reader:  # readers modify nothing
@@ -264,7 +276,8 @@ def test_temp_files_ignored_and_cleaned(tmp_path: Path) -> None:
     assert stale_h5.exists()
     with FeatureStore(path, "a") as store:  # writers remove temps of dead processes
         assert store.names() == ["a"]
-    assert not stale_h5.exists() and not (journal / ".tmp-999999999-deadbeef").exists()
+    assert not stale_h5.exists() and not (journal / f".tmp-999999999-{'de' * 16}").exists()
+    assert (journal / "notes.txt").read_text() == "unrelated"  # not delfi's: never deleted
 
 
 def test_already_merged_journal_is_recognised(tmp_path: Path) -> None:

@@ -9,15 +9,21 @@ from) and ``complete = True``, written last. File attrs: ``format``, ``format_ve
 ``delfi_version``, ``coordinate_convention``, ``descriptor_dtype`` and the caller's attrs (``model``,
 ``weights_sha256``, ``config`` as a JSON string, other str / number / bool values).
 
-Crash safety: the committed ``.h5`` is never modified in place (an HDF5 file whose writer is killed can
-be left unreadable). `FeatureStore.put` writes one ``.npz`` per entry into ``<path>.journal/`` (temp
-name, then an atomic `os.replace`), so a journal file that exists is complete. `FeatureStore.commit`
-copies the ``.h5`` to ``<path>.tmp-<pid>``, adds the journal to the copy, `os.replace`s it onto
-``<path>`` and only then deletes the journal. Killed at any moment, this leaves either the old file
-plus the journal, or the new file plus journal files that are already merged (recognised by their
-token and deleted at the next open for writing). Atomicity is against killed processes, not power
-loss (nothing is fsync'ed). One writer at a time per store; readers may run beside it. The machinery
-lives in `delfi.io.journal` (shared with `delfi.io.matches.MatchStore`).
+Entry names: a posix relative path (``"sub/a.jpg"``), non-empty, valid UTF-8 (no lone surrogates), no NUL
+character, no empty, ``.`` or ``..`` component and no component named like a dataset (``keypoints``,
+``scores``, ``descriptors``, ``scales``, ``global_descriptor``). `FeatureStore.put` refuses other
+names; journal files and committed groups with other names are skipped with a warning.
+
+Writes go through the journal of `delfi.io.journal` (see there): the committed file is never modified
+in place, so a killed writer leaves a readable store and resumes where it stopped; several writers
+(e.g. two ``delfi extract`` runs on different images) may write one store at once, and ``mode="w"``
+is refused (`StoreBusyError`) while another writer is live.
+
+Validation: `FeatureStore.put` refuses non-finite keypoints, scores, descriptors, scales or global
+descriptors. `FeatureStore.get` raises `EntryError` (a ValueError, ``"<store>: entry '<name>':
+<reason>"``) for an entry that is broken, e.g. written by another tool: a missing dataset, mis-shaped
+arrays (``descriptors shape (128, 300) does not match 300 keypoints``), non-finite values; a missing
+entry is a KeyError. A damaged file raises `StoreError` naming it.
 
 ``Features.meta`` is not stored.
 """
@@ -29,10 +35,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from delfi.io.journal import JournaledH5Store, StoreMismatchError
+from delfi.io.journal import (EntryError, JournaledH5Store, StoreBusyError, StoreError, StoreMismatchError,
+                              array_problem, finite_problem)
 from delfi.types import COORDINATE_CONVENTION, Features
 
-__all__ = ["FeatureStore", "StoreMismatchError", "FORMAT", "FORMAT_VERSION", "CHECKED_ATTRS"]
+__all__ = ["FeatureStore", "StoreMismatchError", "StoreBusyError", "StoreError", "EntryError", "FORMAT",
+           "FORMAT_VERSION", "CHECKED_ATTRS"]
 
 FORMAT = "delfi-features"
 FORMAT_VERSION = 1
@@ -45,14 +53,43 @@ _DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def _check_name(name: str) -> str:
-    """Return ``name`` if it is a valid entry name (posix relative path), else raise ValueError."""
+    """Return ``name`` if it is a valid entry name (see the module docstring), else raise ValueError."""
     parts = name.split("/") if isinstance(name, str) else [""]
     if any(p in ("", ".", "..", *_ARRAYS) for p in parts):
         raise ValueError(
             f"entry name must be a non-empty relative posix path without empty, '.' or '..' parts "
             f"or the reserved components {_ARRAYS}: {name!r}"
         )
+    if "\0" in name:
+        raise ValueError(f"entry name must not contain a NUL character: {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"entry name must be valid UTF-8 text: {name!r}") from None
     return name
+
+
+def _features_problem(record: Any) -> str | None:
+    """Why a feature record (arrays or journal headers) is not a valid entry, or None."""
+    for key in ("keypoints", "scores", "descriptors", "image_size"):
+        if key not in record:
+            return f"missing dataset {key}" if key != "image_size" else "missing attribute image_size"
+    problem = array_problem(record, "keypoints", "fiu", (None, 2))
+    if problem:
+        return problem
+    n = record["keypoints"].shape[0]
+    matches = f"does not match {n} keypoints"
+    problem = (array_problem(record, "scores", "fiu", (n,), matches)
+               or array_problem(record, "descriptors", "fiu", (n, None), matches)
+               or ("scales" in record and array_problem(record, "scales", "fiu", (n,), matches))
+               or ("global_descriptor" in record and array_problem(record, "global_descriptor", "fiu", (None,)))
+               or array_problem(record, "image_size", "iu", (2,), "is not (width, height)"))
+    if problem:
+        return problem
+    size = record["image_size"]
+    if isinstance(size, np.ndarray) and (size < 0).any():
+        return f"image_size {tuple(size.tolist())} is negative"
+    return finite_problem(record, _ARRAYS)
 
 
 class FeatureStore(JournaledH5Store):
@@ -102,20 +139,34 @@ class FeatureStore(JournaledH5Store):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def _check_path(self, path: str) -> str:
+        return _check_name(path)
+
+    def _record_problem(self, record: Any) -> str | None:
+        return _features_problem(record)
+
     def get(self, name: str, device: Any = None) -> Features:
-        """The features stored under ``name`` (float32 tensors, on ``device`` if given)."""
+        """The features stored under ``name`` (float32 tensors, on ``device`` if given).
+
+        Raises KeyError if there is no such entry, `EntryError` (a ValueError naming the store, the
+        entry and the reason) if it is broken.
+        """
         record = self._record(name)
-        arrays = {k: record[k] for k in _ARRAYS if k in record}
-        if arrays["descriptors"].dtype != np.float32:
-            arrays["descriptors"] = arrays["descriptors"].astype(np.float32)
-        size = tuple(np.asarray(record["image_size"]).tolist())
-        features = Features.from_numpy(arrays, image_size=size)
+        try:
+            arrays = {k: np.asarray(record[k], dtype=np.float32) for k in _ARRAYS if k in record}
+            size = tuple(np.asarray(record["image_size"]).tolist())
+            features = Features.from_numpy(arrays, image_size=size)
+        except (ValueError, TypeError) as exc:  # the checks above should have caught it; still its failure
+            raise EntryError(self.path, name, str(exc)) from None
         return features.to(device) if device is not None else features
 
     __getitem__ = get
 
     def put(self, name: str, features: Features) -> None:
-        """Journal ``features`` under ``name`` (replacing an entry of that name); atomic."""
+        """Journal ``features`` under ``name`` (replacing an entry of that name); atomic.
+
+        ValueError for an invalid name (see the module docstring) or non-finite values.
+        """
         self._require_open()
         if self.mode == "r":
             raise PermissionError(f"feature store {self.path} is open read-only")

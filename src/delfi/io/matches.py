@@ -11,8 +11,19 @@ set), ``token`` and ``complete = True``, written last. File attrs: ``format``, `
 ``delfi_version`` and the caller's attrs (``model``, ``weights_sha256``, ``config`` as a JSON string,
 ...; the first three are checked when a store is resumed).
 
-Writes go through the journal of `delfi.io.journal` (see there: the committed file is never modified
-in place, so a killed writer leaves a readable store and resumes where it stopped).
+Image names: any non-empty ``str`` except ``.`` and ``..``; the group path of a pair must be exactly
+``pair_path(name0, name1)``: journal files and committed groups with other paths (more or fewer than
+two components, characters that ``quote`` would have encoded) are skipped with a warning.
+
+Writes go through the journal of `delfi.io.journal` (see there): the committed file is never modified
+in place, so a killed writer leaves a readable store and resumes where it stopped; several writers may
+write one store at once, and ``mode="w"`` is refused (`StoreBusyError`) while another writer is live.
+
+Validation: `MatchStore.put` refuses non-finite scores or model values. `MatchStore.get` raises
+`EntryError` (a ValueError, ``"<store>: entry ('<name0>', '<name1>'): <reason>"``) for a pair that is
+broken, e.g. written by another tool: a missing dataset, mis-shaped arrays, negative indices,
+non-finite values, a ``meta`` that is not a JSON object, an unknown ``kind``; a missing pair is a
+KeyError. A damaged file raises `StoreError` naming it.
 
 ``Matches.meta`` must be JSON-serialisable (numpy scalars and arrays are converted to numbers and
 lists); it is read back as decoded JSON.
@@ -27,10 +38,12 @@ from urllib.parse import quote, unquote
 import numpy as np
 import torch
 
-from delfi.io.journal import JournaledH5Store, StoreMismatchError
-from delfi.types import Matches
+from delfi.io.journal import (EntryError, JournaledH5Store, StoreBusyError, StoreError, StoreMismatchError,
+                              array_problem, finite_problem, is_text)
+from delfi.types import GEOMETRY_KINDS, Matches
 
-__all__ = ["MatchStore", "StoreMismatchError", "FORMAT", "FORMAT_VERSION", "pair_path", "reverse_matches"]
+__all__ = ["MatchStore", "StoreMismatchError", "StoreBusyError", "StoreError", "EntryError", "FORMAT",
+           "FORMAT_VERSION", "pair_path", "reverse_matches"]
 
 FORMAT = "delfi-matches"
 FORMAT_VERSION = 1
@@ -53,6 +66,56 @@ def pair_path(name0: str, name1: str) -> str:
 def _names(path: str) -> tuple[str, str]:
     q0, q1 = path.split("/")
     return unquote(q0), unquote(q1)
+
+
+def _check_pair_path(path: str) -> str:
+    """Return ``path`` if it is the group path `pair_path` makes for some pair, else raise ValueError."""
+    parts = path.split("/") if isinstance(path, str) else []
+    if len(parts) != 2:
+        raise ValueError(f"a pair's group path has two components, got {path!r}")
+    names = _names(path)
+    if names[0] in ("", ".", "..") or names[1] in ("", ".", "..") or pair_path(*names) != path:
+        raise ValueError(f"{path!r} is not the group path of a pair (see delfi.io.matches.pair_path)")
+    return path
+
+
+def _matches_problem(record: Any) -> str | None:
+    """Why a match record (arrays or journal headers) is not a valid entry, or None."""
+    for key in ("indices", "scores"):
+        if key not in record:
+            return f"missing dataset {key}"
+    indices = record["indices"]
+    if hasattr(indices, "shape") and int(np.prod(indices.shape)) == 0 and hasattr(indices, "dtype") \
+            and indices.dtype.kind in "iu":
+        k = 0
+    else:
+        problem = array_problem(record, "indices", "iu", (None, 2))
+        if problem:
+            return problem
+        k = indices.shape[0]
+    matches = f"does not match {k} matches"
+    problem = (array_problem(record, "scores", "fiu", (k,), matches)
+               or ("inliers" in record and array_problem(record, "inliers", "biu", (k,), matches))
+               or ("model" in record and array_problem(record, "model", "fiu", (3, 3))))
+    if problem:
+        return problem
+    for key in ("kind", "meta", "name0", "name1"):
+        if key in record and not is_text(record[key]):
+            return f"{key} is not a string"
+    kind = record.get("kind")
+    if isinstance(kind, str) and kind not in GEOMETRY_KINDS:
+        return f"kind {kind!r} is not one of {GEOMETRY_KINDS}"
+    meta = record.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError as exc:
+            return f"meta is not valid JSON ({exc})"
+        if not isinstance(meta, dict):
+            return f"meta must be a JSON object, got {type(meta).__name__}"
+    if isinstance(indices, np.ndarray) and indices.size and indices.min() < 0:
+        return "negative indices"
+    return finite_problem(record, ("scores", "model"))
 
 
 def _json_default(value: Any) -> Any:
@@ -119,6 +182,18 @@ class MatchStore(JournaledH5Store):
     LABEL = "match"
     DATASETS = _DATASETS
 
+    def _check_path(self, path: str) -> str:
+        return _check_pair_path(path)
+
+    def _entry_label(self, path: str) -> Any:
+        try:
+            return _names(path)
+        except ValueError:
+            return path
+
+    def _record_problem(self, record: Any) -> str | None:
+        return _matches_problem(record)
+
     def pairs(self) -> list[tuple[str, str]]:
         """All stored pairs (committed and journaled), sorted."""
         return sorted(_names(p) for p in self._paths())
@@ -136,6 +211,8 @@ class MatchStore(JournaledH5Store):
 
     def get(self, name0: str, name1: str, *, allow_reversed: bool = False, device: Any = None) -> Matches:
         """The matches of ``(name0, name1)``: indices int64, scores float32, inliers bool, model float64.
+
+        KeyError if the pair is not stored, `EntryError` (a ValueError) if it is broken.
 
         With ``allow_reversed``, a pair stored only as ``(name1, name0)`` is returned reversed by
         `reverse_matches` (indices columns swapped, model inverted or transposed). KeyError if neither
@@ -158,14 +235,17 @@ class MatchStore(JournaledH5Store):
     def _matches(self, path: str) -> Matches:
         record = self._record(path)
         kind = record.get("kind")
-        return Matches(
-            indices=torch.from_numpy(np.asarray(record["indices"], dtype=np.int64).reshape(-1, 2)),
-            scores=torch.from_numpy(np.asarray(record["scores"], dtype=np.float32)),
-            inliers=torch.from_numpy(np.asarray(record["inliers"], dtype=bool)) if "inliers" in record else None,
-            model=torch.from_numpy(np.asarray(record["model"], dtype=np.float64)) if "model" in record else None,
-            kind=str(kind) if kind is not None else None,
-            meta=json.loads(str(record.get("meta", "{}"))),
-        )
+        try:
+            return Matches(
+                indices=torch.from_numpy(np.asarray(record["indices"], dtype=np.int64).reshape(-1, 2)),
+                scores=torch.from_numpy(np.asarray(record["scores"], dtype=np.float32)),
+                inliers=torch.from_numpy(np.asarray(record["inliers"], dtype=bool)) if "inliers" in record else None,
+                model=torch.from_numpy(np.asarray(record["model"], dtype=np.float64)) if "model" in record else None,
+                kind=str(kind) if kind is not None else None,
+                meta=json.loads(str(record.get("meta", "{}"))),
+            )
+        except (ValueError, TypeError) as exc:  # the checks should have caught it; still this pair's failure
+            raise EntryError(self.path, self._entry_label(path), str(exc)) from None
 
     def put(self, name0: str, name1: str, matches: Matches) -> None:
         """Journal ``matches`` of the pair ``(name0, name1)`` (replacing a stored one); atomic."""
