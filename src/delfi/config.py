@@ -8,7 +8,9 @@ for enumerations, the allowed values, before any work starts.
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import os
 from dataclasses import is_dataclass
 from importlib import resources
@@ -17,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -93,13 +95,35 @@ def build_config(schema: type, *layers: Mapping[str, Any] | None) -> Any:
         try:
             base = OmegaConf.merge(base, OmegaConf.create(dict(layer)))
         except OmegaConfBaseException as exc:
-            known = ", ".join(base.keys())
-            raise ConfigError(f"{_describe(exc)} (known keys of {schema.__name__}: {known})") from exc
+            if not isinstance(exc, ConfigKeyError):
+                raise ConfigError(_describe(exc)) from exc
+            known = [str(k) for k in base.keys()]
+            key = str(getattr(exc, "key", "") or "")
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            message = _describe(exc)
+            if close and "did you mean" not in message.lower():
+                message += f" Did you mean {' or '.join(close)}?"
+            raise ConfigError(f"{message} (known keys of {schema.__name__}: {', '.join(known)})") from exc
     config = OmegaConf.to_object(base)
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()
     return config
+
+
+def require_number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
+                   low_open: bool = False, why: str = "") -> None:
+    """Raise a `ConfigError` naming ``key`` unless ``value`` is a finite number within the bounds
+    (``low <= value <= high``; ``low < value`` with ``low_open``). ``why`` is added to the message."""
+    reason = ""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        reason = "must be a finite number"
+    elif low is not None and (value <= low if low_open else value < low):
+        reason = f"must be {'>' if low_open else '>='} {low}"
+    elif high is not None and value > high:
+        reason = f"must be <= {high}"
+    if reason:
+        raise ConfigError(f"{key}: {reason}, got {value}" + (f" ({why})" if why else ""))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

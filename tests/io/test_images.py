@@ -344,7 +344,7 @@ def test_collect_txt_list(tmp_path):
     assert [e.name for e in entries] == [
         "i_ajuntament/1.ppm",
         "i_ajuntament/2.ppm",
-        absolute.as_posix(),
+        "@abs" + absolute.as_posix(),
         "missing/gone.png",
     ]
     assert entries[0].path == data / "i_ajuntament/1.ppm" and entries[0].path.is_file()
@@ -358,7 +358,7 @@ def test_collect_direct_files_and_duplicates(tmp_path, monkeypatch):
     outside = _touch_image(tmp_path / "outside" / "o.png")
     monkeypatch.chdir(work)
     entries = collect_images(["imgs/a.png", outside, "./imgs/a.png", work / "imgs", str(a)])
-    assert [e.name for e in entries] == ["imgs/a.png", outside.as_posix(), "a.png"]
+    assert [e.name for e in entries] == ["imgs/a.png", "@abs" + outside.as_posix(), "a.png"]
     assert entries[0].path == Path("imgs/a.png") and entries[1].path == outside
     assert collect_images("imgs/a.png") == [ImageEntry(Path("imgs/a.png"), "imgs/a.png")]
 
@@ -401,3 +401,167 @@ def test_real_r2d2_images(shared_data):
     assert image_size(path) == (1280, 820)
     names = [e.name for e in collect_images([folder])]
     assert "boat.png" in names and names == sorted(names)
+
+
+# ---------------------------------------------------------------- naming rule: every image can be named
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "dotdot"])
+def test_files_outside_the_working_directory_get_a_storable_reversible_name(tmp_path, monkeypatch, spelling):
+    from delfi.io.images import name_problem, name_to_path
+
+    outside = _touch_image(tmp_path / "elsewhere" / "x.jpg")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    given = outside if spelling == "absolute" else Path("../elsewhere/x.jpg")
+    (entry,) = collect_images([given])
+    assert entry.name == "@abs" + outside.as_posix()
+    assert name_problem(entry.name) is None
+    assert name_to_path(entry.name) == outside
+    assert collect_images([given])[0].name == entry.name  # stable from run to run
+
+
+def test_list_lines_leaving_the_list_folder_or_absolute(tmp_path):
+    from delfi.io.images import name_problem, name_to_path
+
+    up = _touch_image(tmp_path / "b.jpg")
+    absolute = _touch_image(tmp_path / "deep" / "abs.png")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "l.txt").write_text(f"../b.jpg\n{absolute}\n../../{tmp_path.name}/b.jpg\n")
+    entries = collect_images([lists / "l.txt"])
+    names = [e.name for e in entries]
+    assert names[:2] == ["@up/b.jpg", "@abs" + absolute.as_posix()]
+    assert all(name_problem(n) is None for n in names)
+    assert name_to_path(names[0], lists).resolve() == up.resolve()
+    assert name_to_path(names[1], lists) == absolute
+    assert names[2] == f"@up/@up/{tmp_path.name}/b.jpg"  # another spelling of the same file: its own name
+
+
+def test_two_files_with_one_name_the_later_is_a_failure(tmp_path):
+    a = _touch_image(tmp_path / "one" / "a.png")
+    b = _touch_image(tmp_path / "two" / "a.png")
+    found = collect_images([tmp_path / "one", tmp_path / "two", tmp_path / "one"])
+    assert [e.path for e in found] == [a]
+    ((label, reason),) = found.failed
+    assert label == str(b) and "'a.png'" in reason and "already used" in reason and str(a) in reason
+
+
+@pytest.mark.parametrize("reserved", ["scores", "keypoints", "descriptors", "scales", "global_descriptor"])
+def test_names_the_store_cannot_hold_are_failures_not_entries(tmp_path, reserved):
+    _touch_image(tmp_path / "photos" / reserved / "a.png")
+    _touch_image(tmp_path / "photos" / "ok.png")
+    found = collect_images([tmp_path / "photos"])
+    assert [e.name for e in found] == ["ok.png"]
+    ((label, reason),) = found.failed
+    assert label.endswith("a.png") and repr(reserved) in reason and "reserved" in reason
+
+
+def test_every_collected_name_is_storable(tmp_path, monkeypatch):
+    """The class, not the example: whatever the spelling, the names of entries pass the store's check."""
+    from delfi.io.features import _check_name
+
+    _touch_image(tmp_path / "in" / "sub" / "a.png")
+    _touch_image(tmp_path / "up.png")
+    monkeypatch.chdir(tmp_path / "in")
+    (tmp_path / "in" / "l.txt").write_text(f"./sub//a.png\n../up.png\n{tmp_path / 'up.png'}\n")
+    inputs = ["sub/a.png", "./sub/../sub/a.png", "../up.png", tmp_path / "up.png", "sub", ".", "l.txt", "..//in/sub/a.png"]
+    found = collect_images(inputs)
+    assert [e.name for e in found] == ["sub/a.png", "@abs" + (tmp_path / "up.png").as_posix(), "a.png", "@up/up.png"]
+    assert not found.failed
+    for entry in found:
+        assert _check_name(entry.name) == entry.name
+
+
+# ---------------------------------------------------------------- folder scans say what they skip
+
+
+def test_folder_scan_lists_what_it_skips(tmp_path):
+    root = tmp_path / "photos"
+    _touch_image(root / "good.png")
+    (root / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
+    (root / "folder.jpg").mkdir()
+    (root / "again").symlink_to(root)
+    found = collect_images([root])
+    assert [e.name for e in found] == ["good.png"]
+    reasons = {Path(path).name: reason for path, reason in found.skipped}
+    assert "dangling symbolic link" in reasons["dangling.jpg"]
+    assert reasons["loop.jpg"] == "symbolic link loop"
+    assert "same folder as" in reasons["again"]
+    flat = collect_images([root], recursive=False)
+    assert "folder named like an image" in {Path(p).name: r for p, r in flat.skipped}["folder.jpg"]
+
+
+def test_a_broken_link_named_explicitly_is_an_entry_that_fails_with_its_reason(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("gone.jpg").symlink_to("missing.jpg")
+    (entry,) = collect_images(["gone.jpg"])
+    with pytest.raises(ImageError, match="dangling symbolic link"):
+        read_image(entry.path)
+
+
+# ---------------------------------------------------------------- decoding at a working size
+
+
+def _gradient(width: int, height: int) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    rgb = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_decode_image_reduces_large_images_to_the_size_asked(tmp_path, fmt):
+    from delfi.io.images import decode_image
+
+    path = _save(_gradient(640, 480), tmp_path / f"g.{fmt.lower()}", format=fmt)
+    decoded = decode_image(path, lambda w, h: (w // 5, h // 5))
+    assert decoded.original_size == (640, 480)
+    _assert_rgb(decoded.image, 96, 128)
+    full = read_image(path)  # same picture: the reduced one is the full one resampled (pixel centres)
+    resized = torch.nn.functional.interpolate(full[None], (96, 128), mode="bilinear", antialias=True)[0]
+    assert float((decoded.image - resized).abs().mean()) < 0.02
+
+
+def test_decode_image_keeps_images_under_twice_the_working_size_unchanged(tmp_path):
+    from delfi.io.images import decode_image
+
+    path = _save(Image.fromarray(_noise(60, 80)), tmp_path / "n.png", format="PNG")
+    for target in (None, lambda w, h: (w // 2 + 1, h // 2 + 1), lambda w, h: (w, h), lambda w, h: None):
+        decoded = decode_image(path, target)
+        assert torch.equal(decoded.image, read_image(path)) and decoded.original_size == (80, 60)
+
+
+def test_decode_image_reduced_geometry_is_exact_in_pixel_centres(tmp_path):
+    """A bright column at original x maps to reduced (x + 0.5) * w / W - 0.5, also for JPEG drafts."""
+    from delfi.io.images import decode_image
+
+    for fmt in ("PNG", "JPEG"):
+        array = np.zeros((400, 1000, 3), np.uint8)
+        array[:, 703:713] = 255  # centre 707.5 ... choose a 10 px bar: centre x = 707.5
+        path = _save(Image.fromarray(array), tmp_path / f"bar.{fmt.lower()}", format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        decoded = decode_image(path, lambda w, h: (100, 40))
+        profile = decoded.image[0].mean(0).double()
+        centre = float((profile * torch.arange(100)).sum() / profile.sum())
+        assert abs(centre - ((707.5 + 0.5) * 100 / 1000 - 0.5)) < 0.1, fmt
+
+
+def test_decode_image_orientation_and_modes(tmp_path):
+    from delfi.io.images import decode_image
+
+    img = _gradient(400, 200)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate: displayed 200 x 400
+    path = _save(img, tmp_path / "r.jpg", format="JPEG", exif=exif.tobytes())
+    decoded = decode_image(path, lambda w, h: (w // 4, h // 4))
+    assert decoded.original_size == (200, 400) and decoded.image.shape == (3, 100, 50)
+    for mode in ("L", "P", "RGBA", "I;16"):
+        source = Image.fromarray(_noise(200, 300)).convert(mode if mode != "I;16" else "L")
+        if mode == "I;16":
+            source = Image.fromarray((np.asarray(source).astype(np.uint16) * 257))
+        p = _save(source, tmp_path / f"m{mode.replace(';', '')}.png", format="PNG")
+        out = decode_image(p, lambda w, h: (30, 20))
+        _assert_rgb(out.image, 20, 30)
+        assert out.original_size == (300, 200)

@@ -1,7 +1,13 @@
-"""Extract features of many images into a feature store: resumable, crash-safe, bad images skipped."""
+"""Extract features of many images into a feature store: resumable, crash-safe, bad images skipped.
+
+Before any network runs, every entry's name is checked (storable, not given to two files): a name
+that cannot be stored is that image's failure. Images are handed to the model as paths, so models
+decode them at their working size (`delfi.io.images.decode_image`).
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -10,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from delfi.config import dump_config
 from delfi.io.features import FeatureStore
-from delfi.io.images import ImageEntry, ImageError
+from delfi.io.images import ImageEntry, ImageError, name_problem
 from delfi.io.npz import write_r2d2_npz
 
 
@@ -23,6 +29,7 @@ class ExtractionReport:
     skipped: int = 0  # already complete in the store
     failures: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     features_per_image: list[int] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)  # extracted images with 0 features
     seconds: float = 0.0
 
     @property
@@ -44,6 +51,8 @@ def store_attributes(model: Any, config: dict[str, Any]) -> dict[str, Any]:
         "config": config,
         "torch_version": str(torch.__version__),
     }
+    if getattr(model, "untrained", False):
+        attrs["untrained"] = True  # random weights: the features mean nothing
     if config.get("pca"):
         from delfi.extract.pca import pca_sha256
 
@@ -52,18 +61,39 @@ def store_attributes(model: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_bbox_file(path: str | os.PathLike) -> dict[str, tuple[float, float, float, float]]:
-    """Query boxes: ``name x0 y0 x1 y1`` per line (pixels; blank lines and # comments skipped)."""
-    boxes = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    """Query boxes: ``name x0 y0 x1 y1`` per line (pixels; blank lines and # comments skipped).
+
+    Raises:
+        ValueError: naming ``file:line`` for a bad line (not 5 words, not finite numbers, an empty
+            box, a second box for a name), or the file for one that is not UTF-8 text.
+        OSError: (with the file in the message) when it cannot be read.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    boxes: dict[str, tuple[float, float, float, float]] = {}
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
+        where = f"{path}:{number}"
         try:
             if len(words) != 5:
                 raise ValueError
-            boxes[words[0]] = tuple(float(v) for v in words[1:])
+            box = tuple(float(v) for v in words[1:])
         except ValueError:
-            raise ValueError(f"{path}:{number}: expected 'name x0 y0 x1 y1', got {line!r}") from None
+            raise ValueError(f"{where}: expected 'name x0 y0 x1 y1', got {line!r}") from None
+        if not all(math.isfinite(v) for v in box):
+            raise ValueError(f"{where}: box coordinates must be finite numbers, got {line!r}")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"{where}: empty box (need x1 > x0 and y1 > y0), got {line!r}")
+        if words[0] in boxes:
+            raise ValueError(f"{where}: a second box for {words[0]} (first at line {lines[words[0]]})")
+        boxes[words[0]], lines[words[0]] = box, number  # type: ignore[assignment]
     return boxes
 
 
@@ -102,22 +132,31 @@ def extract_to_store(
         overwrite: start a fresh store instead of resuming.
         boxes: per image name a bounding box (x0, y0, x1, y1): the image is cropped to it before
             extraction (revisited Oxford / Paris queries), keypoints stay in full-image pixels.
+        read_image: decodes a path for the model (default: the model gets the path and decodes it
+            at its own working size).
         on_image: called after each image with its status: "done", "skipped" or "failed".
-    """
-    from delfi.io.images import read_image as default_reader
 
-    reader = read_image or default_reader
+    An entry whose name the store cannot hold, or whose name was already given to another file,
+    fails with that reason before any network runs. With ``export_npz``, an existing npz file of an
+    image that is not in the store was not written for it: the image fails (nothing overwritten)
+    unless ``overwrite``. Images giving 0 features are listed in ``report.empty``.
+    """
     report = ExtractionReport(total=len(entries))
     started = time.perf_counter()
     mode = "w" if overwrite else "a"
+    refused = _refused_names(entries)  # before any network runs
     with FeatureStore(out, mode, attrs=store_attributes(model, config), descriptor_dtype=descriptor_dtype) as store:
         for entry in entries:
-            if entry.name in store and not (export_npz and not npz_path_for(entry, npz_dir).exists()):
+            if id(entry) in refused:
+                report.failures.append((entry.name, refused[id(entry)]))
+                status = "failed"
+            elif entry.name in store and not (export_npz and not npz_path_for(entry, npz_dir).exists()):
                 report.skipped += 1
                 status = "skipped"
             else:
                 box = (boxes or {}).get(entry.name)
-                status = _extract_one(model, entry, store, reader, report, export_npz, npz_dir, box)
+                npz = npz_path_for(entry, npz_dir) if export_npz else None
+                status = _extract_one(model, entry, store, read_image, report, npz, overwrite, box)
             if on_image is not None:
                 on_image(entry, status)
     report.seconds = time.perf_counter() - started
@@ -125,9 +164,28 @@ def extract_to_store(
     return report
 
 
-def _extract_one(model, entry, store, reader, report, export_npz, npz_dir, box=None) -> str:
+def _refused_names(entries: Sequence[ImageEntry]) -> dict[int, str]:
+    """Reasons, by ``id(entry)``, for entries whose name cannot be stored or names another file."""
+    refused: dict[int, str] = {}
+    owners: dict[str, ImageEntry] = {}
+    for entry in entries:
+        problem = name_problem(entry.name) if isinstance(entry.name, str) else f"its store name {entry.name!r} is not a string"
+        if problem is None and entry.name in owners and os.path.realpath(owners[entry.name].path) != os.path.realpath(entry.path):
+            problem = f"its store name {entry.name!r} is already used by {owners[entry.name].path} in this run"
+        if problem is None:
+            owners.setdefault(entry.name, entry)
+        else:
+            refused[id(entry)] = problem
+    return refused
+
+
+def _extract_one(model, entry, store, reader, report, npz, overwrite, box=None) -> str:
+    if npz is not None and npz.exists() and not overwrite and entry.name not in store:
+        # not written for this store (delfi writes the npz after the store entry): a user's file
+        report.failures.append((entry.name, f"{npz} exists and was not written for this store: pass --overwrite to replace it"))
+        return "failed"
     try:
-        image = reader(entry.path)
+        image = entry.path if reader is None else reader(entry.path)
         features = model.extract(image) if box is None else model.extract(image, bbox=box)
     except ImageError as exc:
         report.failures.append((entry.name, exc.reason))
@@ -136,8 +194,14 @@ def _extract_one(model, entry, store, reader, report, export_npz, npz_dir, box=N
         report.failures.append((entry.name, f"extraction failed: {type(exc).__name__}: {exc}"))
         return "failed"
     store.put(entry.name, features)
-    if export_npz:
-        write_r2d2_npz(npz_path_for(entry, npz_dir), features)
+    if npz is not None:
+        try:
+            write_r2d2_npz(npz, features)
+        except OSError as exc:
+            report.failures.append((entry.name, f"stored, but the npz file {npz} cannot be written: {exc.strerror or exc}"))
+            return "failed"
     report.extracted += 1
     report.features_per_image.append(len(features))
+    if len(features) == 0:
+        report.empty.append(entry.name)
     return "done"

@@ -70,18 +70,30 @@ def iterate_levels(image: Tensor, levels: list[PyramidLevel], resize: str = "cha
     """Yield ``(level, resized image)`` for the processed levels of ``levels``.
 
     Args:
-        image: (1, C, H, W) the original image (already normalised).
+        image: (1, C, H, W) the original image (already normalised), or a reduced copy of it (see
+            `delfi.io.images.decode_image`) at least as large as the first processed level. Levels
+            larger than a reduced copy are not computed (they must not be processed); the first
+            level that fits is resized from the copy, and the rest follow ``resize``.
         levels: from e.g. `r2d2_levels`; levels[0] must be the original size.
         resize: ``"chained"`` resizes each level from the previous one (as the official R2D2 code
-            does), ``"from_original"`` resizes every level from the original image.
+            does), ``"from_original"`` resizes every level from the original image (or its copy).
+
+    Raises:
+        ValueError: an unknown ``resize`` or a processed level larger than a reduced ``image``.
     """
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    source_size = (image.shape[-1], image.shape[-2])
+    start = 0
+    if levels and source_size != levels[0].size:  # a reduced copy: start at the first level that fits
+        start = next((i for i, lv in enumerate(levels) if lv.size[0] <= source_size[0] and lv.size[1] <= source_size[1]), len(levels))
+        if any(level.process for level in levels[:start]):
+            raise ValueError(f"image {source_size} is smaller than a processed pyramid level")
     current = image
-    for index, level in enumerate(levels):
+    for index, level in enumerate(levels[start:], start=start):
         if index > 0:
             source = current if resize == "chained" else image
-            if resize == "chained" or level.process:
+            if (resize == "chained" or level.process) and not (index == start and level.size == source_size):
                 current = resize_bilinear(source, level.size)
         if level.process:
             yield level, current

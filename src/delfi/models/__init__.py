@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import builtins
 import os
+import warnings
 from importlib import import_module
 from typing import Any, Mapping, Sequence
 
 from delfi.config import ConfigError, build_config, load_preset, parse_overrides, preset_names
+
+class RandomWeightsWarning(UserWarning):
+    """A model was built for extraction without trained weights: its features mean nothing."""
+
 
 # model family -> (module, model class, config class)
 FAMILIES: dict[str, tuple[str, str, str]] = {
@@ -65,8 +70,14 @@ def create(
         weights: a known weights name (see ``delfi weights list``) or a checkpoint path; default:
             the preset's ``weights``.
         device: torch device string.
-        load: False builds the network with random weights (tests, training).
+        load: False builds the network with random weights (tests, training), without a warning.
         **overrides: config keys, e.g. ``top_k=2000``.
+
+    The model's ``untrained`` attribute is True when no trained weights were loaded (none given,
+    or ImageNet backbone weights only); with ``load`` that also warns (`RandomWeightsWarning`).
+
+    Raises:
+        CheckpointError: the loaded weights hold NaN or infinite values (`check_finite`).
     """
     if weights is not None:
         overrides["weights"] = str(weights)
@@ -76,7 +87,46 @@ def create(
     from delfi.models.weights import resolve_weights
 
     if load and getattr(config, "backbone_weights", None):
-        model.load_backbone(resolve_weights(config.backbone_weights)[0])
+        path = resolve_weights(config.backbone_weights)[0]
+        model.load_backbone(path)
+        check_finite(model, path)
     if load and config.weights:
-        model.load_weights(resolve_weights(config.weights)[0])
+        path = resolve_weights(config.weights)[0]
+        model.load_weights(path)
+        check_finite(model, path)
+    model.untrained = not (load and config.weights)
+    if load and model.untrained:
+        warnings.warn(RandomWeightsWarning(_untrained_message(config)), stacklevel=2)
     return model.to(device)
+
+
+def _untrained_message(config: Any) -> str:
+    if getattr(config, "backbone_weights", None):
+        what = f"only ImageNet backbone weights ({config.backbone_weights}): its attention and descriptor heads are random"
+    else:
+        what = "no weights: the whole network is random"
+    return (
+        f"{config.model} has {what}, so its features (and attention maps) mean nothing; "
+        f"give trained weights with --weights / weights=CHECKPOINT"
+    )
+
+
+def check_finite(model: Any, source: str | os.PathLike) -> None:
+    """Refuse a model whose parameters or buffers hold NaN / inf after loading ``source``.
+
+    Raises:
+        CheckpointError: naming ``source`` and the first offending tensors (a diverged training
+            run, or a damaged file: such a model finds no features at all).
+    """
+    import torch
+
+    from delfi.models.checkpoints import CheckpointError
+
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]  # fmt: skip
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(
+            f"{source}: the weights hold NaN or infinite values ({shown}); such a model finds no "
+            f"features (a diverged training run or a damaged file): use another checkpoint"
+        )

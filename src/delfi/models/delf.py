@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from delfi.extract.delf import DELF_SCALES, crop_query, delf_select, limit_image_size, scaled_size, uncrop_keypoints
-from delfi.io.images import image_to_tensor
+from delfi.io.images import load_for_model
 from delfi.extract.receptive import TF_SUBSAMPLE_POOL, receptive_field
 from delfi.models.heads import AttentionHead
 from delfi.models.resnet import NORMALISATION, ResNet, load_imagenet_state_dict
@@ -51,7 +51,7 @@ class DELFConfig:
     scales: list[float] = field(default_factory=lambda: list(DELF_SCALES))
     score_threshold: float = 100.0
     iou_threshold: float = 1.0  # >= 1: no suppression (TF)
-    top_k: int = 1000
+    top_k: int = 1000  # 0 keeps all
     halve_threshold_if_empty: bool = False  # DeLF-pytorch fallback
     pca: Optional[str] = None  # PCA file from `delfi pca fit`
     pca_dims: int = 40
@@ -67,8 +67,19 @@ class DELFConfig:
 
 
 def validate_backbone(config: Any) -> None:
-    """Checks shared by DELF and DELG configs."""
-    from delfi.config import ConfigError
+    """Checks shared by DELF and DELG configs: invalid values and settings that can give no feature."""
+    import math
+
+    from delfi.config import ConfigError, require_number
+
+    require_number("score_threshold", config.score_threshold)
+    require_number("iou_threshold", config.iou_threshold, low=0, why=">= 1 keeps every box")
+    if config.top_k < 0:
+        raise ConfigError(f"top_k: must be >= 0 (0 keeps all), got {config.top_k}")
+    if config.pca_dims <= 0:
+        raise ConfigError(f"pca_dims: must be > 0, got {config.pca_dims}")
+    if any(not isinstance(s, (int, float)) or not math.isfinite(s) for s in config.scales or []):
+        raise ConfigError(f"scales: finite numbers, got {config.scales}")
 
     if config.depth not in (50, 101):
         raise ConfigError(f"depth: 50 or 101, got {config.depth}")
@@ -145,16 +156,28 @@ class AttentionBackbone(nn.Module):
         load_imagenet_state_dict(self.backbone, load_checkpoint(path))
         return self
 
+    def working_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """(w, h) an image of size (width, height) is limited to (``max_image_size``), or None."""
+        limit = self.config.max_image_size
+        if limit <= 0 or max(width, height) <= limit:
+            return None
+        return scaled_size(width, height, limit / max(width, height))
+
     def prepare(self, image: Any, bbox: Optional[tuple[float, float, float, float]] = None):
-        """(image (3, H, W) limited to max size, factor to original, crop offset, original size)."""
-        rgb = image_to_tensor(image)
-        original = (rgb.shape[-1], rgb.shape[-2])
+        """(image (3, h, w) limited to max size, factor (fx, fy) to original, crop offset, original size).
+
+        A path is decoded directly at the limited size when the file is at least twice as large
+        (`working_size`; not for query crops, which need the full resolution inside the box).
+        """
+        rgb, original = load_for_model(image, self.working_size if bbox is None else None)
+        source_size = original  # the size the limited image stands for
         offset, limit = (0, 0), self.config.max_image_size if self.config.max_image_size > 0 else None
         if bbox is not None:
             crop = crop_query(rgb, bbox, limit)
             rgb, offset, limit = crop.image, crop.offset_xy, crop.max_image_size
+            source_size = (rgb.shape[-1], rgb.shape[-2])
         limited, _ = limit_image_size(rgb, limit)
-        factor = (rgb.shape[-1] / limited.shape[-1], rgb.shape[-2] / limited.shape[-2])
+        factor = (source_size[0] / limited.shape[-1], source_size[1] / limited.shape[-2])
         return limited.to(self.device), factor, offset, original
 
     def levels(self, image: Tensor, scales, layers: tuple[str, ...]):

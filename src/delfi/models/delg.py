@@ -61,6 +61,15 @@ class DELGConfig:
         if not (self.extract_local or self.extract_global):
             raise ConfigError("extract_local / extract_global: at least one must be true")
         validate_backbone(self)
+        from delfi.config import require_number
+
+        if self.extract_global:
+            if not self.global_scales or any(not isinstance(s, (int, float)) or not s > 0 or s == float("inf") for s in self.global_scales):
+                raise ConfigError(f"global_scales: a non-empty list of positive finite scales, got {self.global_scales}")
+            require_number("gem_p", self.gem_p, low=0, low_open=True)
+        for key in ("local_dim", "global_dim"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
 
 
 class DELG(AttentionBackbone):

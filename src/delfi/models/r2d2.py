@@ -22,7 +22,7 @@ from delfi.extract.pyramid import iterate_levels, level_factors, r2d2_levels
 from delfi.models.checkpoints import CheckpointError, load_r2d2_checkpoint
 from delfi.models.l2net import R2D2Net
 from delfi.models.l2net_inference import L2NetInference
-from delfi.io.images import image_to_tensor
+from delfi.io.images import load_for_model
 from delfi.types import Features, rescale_keypoints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,7 +58,7 @@ class R2D2Config:
     arch: Arch = Arch.quad_l2net
     mchan: int = 4
     dim: int = 128
-    top_k: int = 5000  # <= 0 keeps all
+    top_k: int = 5000  # 0 keeps all (negative values are refused)
     scale_f: float = 2**0.25
     min_size: int = 256
     max_size: int = 1024
@@ -74,16 +74,31 @@ class R2D2Config:
     tile_pixels: int = 262144  # strip budget for the convolution body; 0 = whole levels
 
     def validate(self) -> None:
-        from delfi.config import ConfigError
+        """Refuse settings that are invalid or can never produce a feature (`ConfigError` naming the key)."""
+        from delfi.config import ConfigError, require_number
 
         if self.model != "r2d2":
             raise ConfigError(f"model: expected 'r2d2', got {self.model!r}")
-        if self.scale_f <= 1:
-            raise ConfigError(f"scale_f: must be > 1, got {self.scale_f}")
-        if not 0 <= self.min_scale <= self.max_scale <= 1:
+        require_number("scale_f", self.scale_f, low=1, low_open=True)
+        require_number("min_scale", self.min_scale, low=0, high=1)
+        require_number("max_scale", self.max_scale, low=0, high=1, low_open=True)
+        if not self.min_scale <= self.max_scale:
             raise ConfigError(f"min_scale/max_scale: need 0 <= min_scale <= max_scale <= 1, got {self.min_scale}, {self.max_scale}")
         if self.min_size < 0 or self.max_size <= 0:
             raise ConfigError(f"min_size/max_size: must be >= 0 / > 0, got {self.min_size}, {self.max_size}")
+        if self.min_size > 0 and self.max_size < self.min_size * self.scale_f - 1e-6:
+            need = self.min_size * self.scale_f
+            raise ConfigError(
+                f"max_size: {self.max_size} with min_size {self.min_size} leaves no pyramid level for most images "
+                f"(levels are scale_f = {self.scale_f:.4g} apart): use max_size >= {need:.0f} or a smaller min_size"
+            )
+        for key in ("reliability_threshold", "repeatability_threshold"):
+            require_number(key, getattr(self, key), high=1, why="the network's confidences are in [0, 1]")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: must be >= 0 (0 keeps all), got {self.top_k}")
+        for key in ("mchan", "dim"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.tile_pixels < 0:
             raise ConfigError(f"tile_pixels: must be >= 0, got {self.tile_pixels}")
 
@@ -148,6 +163,19 @@ class R2D2(nn.Module):
             )
         return self._runner
 
+    def levels(self, width: int, height: int):
+        """The pyramid levels (`r2d2_levels`) of an image of size (width, height)."""
+        c = self.config
+        return r2d2_levels(
+            width, height, scale_f=c.scale_f, min_scale=c.min_scale, max_scale=c.max_scale,
+            min_size=c.min_size, max_size=c.max_size,
+        )  # fmt: skip
+
+    def working_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """(w, h) of the largest processed pyramid level of a (width, height) image (None: none)."""
+        processed = [level for level in self.levels(width, height) if level.process]
+        return processed[0].size if processed else None
+
     def normalise(self, image: Tensor) -> Tensor:
         """(3, H, W) RGB in [0, 1] -> (1, 3, H, W) ImageNet-normalised."""
         return ((image.to(self.device)[None] - self.mean) / self.std).float()
@@ -156,17 +184,17 @@ class R2D2(nn.Module):
     def extract(self, image: Any) -> Features:
         """Multi-scale R2D2 features of one image (path, PIL image, array or (3, H, W) tensor).
 
+        A path is decoded at the size of the first processed pyramid level when the file is at
+        least twice as large (`working_size`), so memory follows ``max_size``; level sizes, scales
+        and the keypoint mapping are those of the original image either way.
+
         Returns:
             `Features` sorted by decreasing score: keypoints (N, 2) in original pixels, scores
             (N,) = reliability * repeatability, descriptors (N, dim), scales (N,) = 32 / s.
         """
         c = self.config
-        rgb = image_to_tensor(image)
-        height, width = rgb.shape[-2:]
-        levels = r2d2_levels(
-            width, height, scale_f=c.scale_f, min_scale=c.min_scale, max_scale=c.max_scale,
-            min_size=c.min_size, max_size=c.max_size,
-        )  # fmt: skip
+        rgb, (width, height) = load_for_model(image, self.working_size)  # rgb may be reduced
+        levels = self.levels(width, height)
         runner = self.runner()
         keypoints, scores, descriptors, scales = [], [], [], []
         for level, level_image in iterate_levels(self.normalise(rgb), levels, PyramidResize(c.pyramid_resize).value):
