@@ -133,3 +133,32 @@ def test_pairs_from_list(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.txt", "q1 d1\nq2\n")
     with pytest.raises(ValueError, match=r"bad\.txt:2:.*'q2'"):
         pairs_from_list(bad)
+
+
+def test_not_utf8_names_file_line_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"a.jpg b.jpg\n# fine\nc\xe9.jpg d.jpg\n")
+    for read in (read_pairs, pairs_from_list, lambda p: pairs_from_ranking(p, 1)):
+        with pytest.raises(ValueError, match=r"latin1\.txt:3: not UTF-8 text \(byte 0xe9 at column 2\)"):
+            read(path)
+
+
+def test_bom_and_old_mac_line_ends_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfa.jpg b.jpg\rc.jpg d.jpg 2\r\n")
+    assert read_pairs_with_scores(path) == [("a.jpg", "b.jpg", None), ("c.jpg", "d.jpg", 2.0)]
+
+
+def test_is_pairs_file(tmp_path: Path) -> None:
+    from delfi.io.pairs import is_pairs_file
+
+    assert is_pairs_file(write(tmp_path / "p.txt", "# c\na b\nc d 0.5\n"))
+    assert is_pairs_file(write(tmp_path / "empty.txt", ""))
+    assert not is_pairs_file(write(tmp_path / "prose.txt", "my notes about images\n"))
+    assert not is_pairs_file(write(tmp_path / "list.txt", "q db1 db2 db3\n"))  # a list, not a pairs file
+    assert not is_pairs_file(write(tmp_path / "words.txt", "a b notanumber\n"))
+    (tmp_path / "bin").write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe")
+    assert not is_pairs_file(tmp_path / "bin") and not is_pairs_file(tmp_path / "missing.txt")
+    big = tmp_path / "big.txt"
+    big.write_text("a b\n" * 1000 + "not pairs at all\n")
+    assert is_pairs_file(big, probe_bytes=100) and not is_pairs_file(big)

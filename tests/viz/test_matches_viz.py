@@ -150,6 +150,21 @@ def test_title_summary_counts():
     assert _match_summary(bare, drawn=1) == "1 match"
 
 
+def test_title_says_how_many_inliers_a_verified_pair_needs():
+    meta = {"status": "too few inliers", "min_inliers": 15, "chance_inliers": 21}
+    m = _as_matches(_pair_matches(kind="fundamental", meta=meta), 5, 5)
+    assert _match_summary(m, drawn=5).endswith("too few inliers (needs 22)")
+    m = _as_matches(_pair_matches(kind="homography", meta={**meta, "chance_inliers": 11}), 5, 5)
+    assert _match_summary(m, drawn=5).endswith("too few inliers (needs 15)")
+
+
+def test_picture_formats_are_what_matplotlib_writes():
+    from delfi.viz.matches import picture_formats
+
+    formats = picture_formats()
+    assert {"png", "pdf", "svg", "jpg"} <= formats and "txt" not in formats and "h5" not in formats
+
+
 def test_subsampling_is_seeded_and_reports_true_counts():
     kp0, kp1, m = _random_pair(1000)
     args = (_solid(H0, W0, BLUE), _solid(H1, W1, GREY), kp0, kp1, m)

@@ -13,8 +13,11 @@ from delfi.cli.common import (
     EXIT_OK,
     ProgressBar,
     fail,
-    failures_table,
+    failure_list_path,
     load_model,
+    prepare_output_file,
+    refuse_output_among_inputs,
+    report_failures,
     split_overrides,
     summary_table,
 )
@@ -22,15 +25,53 @@ from delfi.cli.common import (
 GEOMETRY_CHOICES = ("homography", "fundamental", "affine", "none")
 
 
-def matching_config(geometry, threshold, ratio, max_distance, mutual, backend, seed, max_iters, confidence):
-    from delfi.match.pipeline import MatchingConfig
+def matching_config(geometry, threshold, ratio, max_distance, mutual, backend, seed, max_iters, confidence,
+                    min_inliers=None):  # fmt: skip
+    """The `MatchingConfig` of the options; exit 2 for a bad option or a RANSAC backend not installed."""
+    from delfi.match.pipeline import MatchingConfig, check_config
+    from delfi.match.verify import MIN_INLIERS, MissingBackendError
 
     if geometry not in GEOMETRY_CHOICES:
         raise fail(f"--geometry must be one of {', '.join(GEOMETRY_CHOICES)}, got {geometry!r}")
-    return MatchingConfig(
+    config = MatchingConfig(
         mutual=mutual, ratio=ratio, max_distance=max_distance, geometry=None if geometry == "none" else geometry,
         threshold=threshold, confidence=confidence, max_iters=max_iters, seed=seed, backend=backend,
+        min_inliers=MIN_INLIERS if min_inliers is None else min_inliers,
     )  # fmt: skip
+    try:
+        check_config(config)
+    except (ValueError, MissingBackendError) as exc:
+        raise fail(str(exc)) from None
+    return config
+
+
+def picture_output(path: Path, inputs, option: str) -> Path:
+    """Exit 2 unless ``path`` can take a picture: not an input, a file path, a format matplotlib writes."""
+    from delfi.viz.matches import picture_formats
+
+    refuse_output_among_inputs(path, inputs, option)
+    path = prepare_output_file(path, option)
+    formats = picture_formats()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise fail(f"{option} {path}: not a picture file name; use one of the suffixes "
+                   f"{', '.join('.' + f for f in sorted(formats))}")
+    return path
+
+
+def match_store_output(out: Path, inputs, option: str = "--out") -> Path:
+    """Exit 2 unless ``out`` may be written as a match store: not an input, a file path, and, when it
+    exists, a delfi match store (a user's file or a feature store is never replaced or resumed)."""
+    from delfi.io.matches import MatchStore
+
+    refuse_output_among_inputs(out, inputs, option)
+    out = prepare_output_file(out, option)
+    if out.exists():
+        try:
+            MatchStore(out, "r").close()
+        except (OSError, ValueError) as exc:
+            raise fail(f"{option} {out} exists and is not a delfi match store ({exc}); delfi replaces or "
+                       f"resumes only its own match stores: choose another output path") from None
+    return out
 
 
 def match(
@@ -51,21 +92,26 @@ def match(
     seed: int = typer.Option(0, "--seed"),
     max_iters: int = typer.Option(10000, "--max-iters"),
     confidence: float = typer.Option(0.9999, "--confidence"),
+    min_inliers: Optional[int] = typer.Option(None, "--min-inliers", help="Fewest inliers of a verified pair (default 15; F also needs more than chance)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Save a match picture (two-image mode)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start a fresh match store."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start a fresh match store (replaces only a delfi match store)."),
 ) -> None:
     """Match two images, or every pair of a pairs file from a feature store.
 
     Two images: `delfi match a.jpg b.jpg --weights r2d2-wasf-n16 --plot m.png`.
     Pairs: `delfi match --features feats.h5 --pairs pairs.txt --out matches.h5 --geometry fundamental`.
     """
-    config = matching_config(geometry, threshold, ratio, max_distance, mutual, backend, seed, max_iters, confidence)
+    config = matching_config(geometry, threshold, ratio, max_distance, mutual, backend, seed, max_iters, confidence,
+                             min_inliers)  # fmt: skip
     paths, settings = split_overrides(images)
     if features is not None or pairs is not None:
         if paths or features is None or pairs is None:
             raise fail("pairs mode needs --features and --pairs and no image arguments")
+        out = match_store_output(out, [features, features_db, pairs])
         _match_store(features, features_db, pairs, out, config, overwrite)
     elif len(paths) == 2:
+        if plot is not None:
+            plot = picture_output(plot, [*paths, weights if weights and Path(weights).exists() else None], "--plot")
         _match_two(paths[0], paths[1], preset, weights, settings, device, config, plot)
     else:
         raise fail("give two images, or --features with --pairs")
@@ -100,20 +146,29 @@ def _match_store(features: Path, features_db: Path | None, pairs_path: Path, out
     from delfi.io.pairs import read_pairs
     from delfi.match.pipeline import match_pairs
 
+    from delfi.cli.pairs import os_message
+
     try:
         pairs = read_pairs(pairs_path)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise fail(os_message(exc, "cannot read pairs file")) from None
+    except ValueError as exc:
         raise fail(str(exc)) from None
     with ProgressBar(len(pairs), "matching", unit="pairs") as bar:
         try:
             report = match_pairs(
                 features, pairs, out, config, features_db=features_db, overwrite=overwrite,
-                on_pair=lambda pair, status: bar.advance(f"{pair[0]} {pair[1]}", status),
+                on_pair=lambda pair, status: bar.advance(pair[1], status),
             )  # fmt: skip
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise fail(str(exc) if exc.filename is None else os_message(exc, "cannot read or write")) from None
+        except ValueError as exc:
             raise fail(str(exc)) from None
     counts, inliers = report.matches_per_pair, report.inliers_per_pair
     rows = [("pairs", f"{report.total} ({report.matched} matched, {report.skipped} already done, {len(report.failures)} failed)")]
+    if report.statuses:
+        shown = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items(), key=lambda kv: -kv[1]))
+        rows.append(("verified", f"{report.verified} of {report.matched} ({shown}; min {config.min_inliers} inliers)"))
     if counts:
         rows.append(("matches / pair", f"mean {sum(counts) / len(counts):.0f}, min {min(counts)}, max {max(counts)}"))
     if inliers:
@@ -121,6 +176,6 @@ def _match_store(features: Path, features_db: Path | None, pairs_path: Path, out
     rows.append(("time", f"{report.seconds:.1f} s"))
     console = Console()
     console.print(summary_table(f"delfi match -> {out}", rows))
-    if report.failures:
-        console.print(failures_table("failed pairs", ["image 0", "image 1", "reason"], report.failures))
+    report_failures(console, "failed pairs", ["image 0", "image 1", "reason"], report.failures,
+                    failure_list_path(out))  # fmt: skip
     raise typer.Exit(EXIT_FAILED if report.failures else EXIT_OK)

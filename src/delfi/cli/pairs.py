@@ -7,9 +7,31 @@ from typing import Optional
 
 import typer
 
-from delfi.cli.common import fail, stderr_console
+from delfi.cli.common import fail, prepare_output_file, refuse_output_among_inputs, stderr_console
 
 app = typer.Typer(help="Make pairs files: exhaustive, from a ranking (top-k per query), or from a list.", no_args_is_help=True)
+
+
+def check_pairs_output(out: Path, inputs: list[Path | None], option: str = "--out") -> Path:
+    """Exit 2 (nothing done) unless ``out`` may be written as a pairs file.
+
+    Refused: one of the command's ``inputs``, a folder, a parent that cannot be made, and an
+    existing file that is not a pairs file (a user's other text or a store is never replaced).
+    """
+    from delfi.io.pairs import is_pairs_file
+
+    refuse_output_among_inputs(out, inputs, option)
+    out = prepare_output_file(out, option)
+    if out.exists() and not is_pairs_file(out):
+        raise fail(f"{option} {out} exists and is not a pairs file (`name0 name1 [score]` lines): "
+                   f"delfi replaces only its own pairs files; choose another output path")
+    return out
+
+
+def os_message(exc: OSError, what: str) -> str:
+    """``<what> <file>: <reason>`` for an OSError (no errno noise)."""
+    where = f"{what} {exc.filename}" if exc.filename is not None else what
+    return f"{where}: {exc.strerror or exc}"
 
 
 def _write(pairs, out: Path) -> None:
@@ -19,7 +41,9 @@ def _write(pairs, out: Path) -> None:
         write_pairs(out, pairs)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    stderr_console().print(f"{len(pairs)} pairs -> {out}")
+    except OSError as exc:
+        raise fail(os_message(exc, "cannot write pairs file")) from None
+    stderr_console().print(f"{len(pairs)} pairs -> {out}", highlight=False, soft_wrap=True)
 
 
 @app.command("exhaustive")
@@ -32,6 +56,7 @@ def exhaustive(
     from delfi.io.features import FeatureStore
     from delfi.io.pairs import pairs_exhaustive
 
+    out = check_pairs_output(out, [features, features_db])
     try:
         with FeatureStore(features) as store:
             names = store.names()
@@ -39,7 +64,9 @@ def exhaustive(
         if features_db is not None:
             with FeatureStore(features_db) as store:
                 names_db = store.names()
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise fail(str(exc) if exc.filename is None else os_message(exc, "cannot read feature store")) from None
+    except ValueError as exc:
         raise fail(str(exc)) from None
     _write(pairs_exhaustive(names, names_db), out)
 
@@ -53,9 +80,14 @@ def from_ranking(
     """The top-k database images of each query of a retrieval ranking."""
     from delfi.io.pairs import pairs_from_ranking
 
+    if top_k < 1:
+        raise fail(f"--top-k must be >= 1, got {top_k}")
+    out = check_pairs_output(out, [ranking])
     try:
         pairs = pairs_from_ranking(ranking, top_k)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise fail(os_message(exc, "cannot read ranking file")) from None
+    except ValueError as exc:
         raise fail(str(exc)) from None
     _write(pairs, out)
 
@@ -68,8 +100,11 @@ def from_list(
     """Pairs from a hand-written list."""
     from delfi.io.pairs import pairs_from_list
 
+    out = check_pairs_output(out, [listing])
     try:
         pairs = pairs_from_list(listing)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise fail(os_message(exc, "cannot read list file")) from None
+    except ValueError as exc:
         raise fail(str(exc)) from None
     _write(pairs, out)

@@ -17,6 +17,45 @@ def _image_path(images: Path, name: str) -> Path:
     return path if path.is_absolute() else images / path
 
 
+def _read_named_image(images: Path, name: str):
+    """The image of store entry ``name`` under ``images``; exit 2 naming the file looked for."""
+    from delfi.io.images import ImageError, read_image
+
+    path = _image_path(images, name)
+    try:
+        return read_image(path)
+    except ImageError as exc:
+        where = "" if Path(name).is_absolute() else (
+            f" (looked for {name!r} under the folder {images}{' (the current folder)' if str(images) == '.' else ''}; "
+            f"--images sets the folder the store names are relative to)")
+        raise fail(f"image of {name!r}: {exc}{where}") from None
+
+
+def _entry_message(exc: BaseException) -> str:
+    """A store error's message (KeyError's without the repr quotes)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return text or type(exc).__name__
+
+
+def _stored_features(features: Path, name: str):
+    """The features of ``name`` in the store ``features``; exit 2 naming the store and the entry."""
+    from delfi.io.features import FeatureStore
+    from delfi.match.pipeline import _check_one
+
+    try:
+        with FeatureStore(features) as store:
+            if name not in store:
+                raise fail(f"no entry {name!r} in feature store {features} ({len(store)} entries)")
+            found = store.get(name)
+        _check_one(found)
+    except (KeyError, ValueError, TypeError, AttributeError, OSError) as exc:
+        text = _entry_message(exc)
+        if str(features) not in text or name not in text:
+            text = f"entry {name!r} of feature store {features}: {text}"
+        raise fail(text) from None
+    return found
+
+
 @app.command("matches")
 def matches(
     features: Path = typer.Option(..., "--features", "-f", help="Feature store."),
@@ -26,24 +65,26 @@ def matches(
     out: Path = typer.Option(Path("matches.png"), "--out", "-o"),
 ) -> None:
     """Draw the matches of one stored pair (inliers green, outliers red)."""
-    from delfi.io.features import FeatureStore
-    from delfi.io.images import ImageError, read_image
+    from delfi.cli.match import picture_output
     from delfi.io.matches import MatchStore
     from delfi.viz.matches import plot_matches
 
     names = pair.split()
     if len(names) != 2:
         raise fail(f'--pair must be two names separated by a space, got "{pair}"')
+    out = picture_output(out, [features, matches_path, *(_image_path(images, n) for n in names)], "--out")
+    f0, f1 = (_stored_features(features, name) for name in names)
     try:
-        with FeatureStore(features) as store:
-            f0, f1 = store[names[0]], store[names[1]]
         with MatchStore(matches_path) as store:
             found = store.get(names[0], names[1], allow_reversed=True)
-        pictures = [read_image(_image_path(images, name)) for name in names]
-    except (KeyError, OSError, ValueError, ImageError) as exc:
-        raise fail(str(exc).strip('"')) from None
+        if len(found) and (int(found.indices[:, 0].max()) >= len(f0) or int(found.indices[:, 1].max()) >= len(f1)):
+            raise ValueError(f"the matches of {pair!r} in {matches_path} index more keypoints than {features} holds "
+                             f"({len(f0)} / {len(f1)}): were they made from another feature store?")
+    except (KeyError, OSError, ValueError) as exc:
+        raise fail(_entry_message(exc)) from None
+    pictures = [_read_named_image(images, name) for name in names]
     plot_matches(pictures[0], pictures[1], f0, f1, found, out=out, names=tuple(names))
-    stderr_console().print(f"{len(found)} matches -> {out}")
+    stderr_console().print(f"{len(found)} matches -> {out}", highlight=False, soft_wrap=True)
 
 
 @app.command("keypoints")
@@ -55,18 +96,18 @@ def keypoints(
     out: Path = typer.Option(Path("keypoints.png"), "--out", "-o"),
 ) -> None:
     """Draw the keypoints of one stored image, coloured by score or scale."""
-    from delfi.io.features import FeatureStore
-    from delfi.io.images import ImageError, read_image
+    from delfi.cli.match import picture_output
     from delfi.viz.matches import plot_keypoints
 
-    try:
-        with FeatureStore(features) as store:
-            found = store[name]
-        picture = read_image(_image_path(images, name))
-    except (KeyError, OSError, ValueError, ImageError) as exc:
-        raise fail(str(exc).strip('"')) from None
+    if color_by not in ("score", "scale"):
+        raise fail(f"--color-by must be score or scale, got {color_by!r}")
+    out = picture_output(out, [features, _image_path(images, name)], "--out")
+    found = _stored_features(features, name)
+    if color_by == "scale" and found.scales is None:
+        raise fail(f"entry {name!r} of feature store {features} has no scales: use --color-by score")
+    picture = _read_named_image(images, name)
     plot_keypoints(picture, found, out=out, color_by=color_by, title=name)  # the count is added below the title
-    stderr_console().print(f"{len(found)} keypoints -> {out}")
+    stderr_console().print(f"{len(found)} keypoints -> {out}", highlight=False, soft_wrap=True)
 
 
 @app.command("attention")

@@ -3,7 +3,8 @@
 One pair per line: ``name0 name1`` or ``name0 name1 score``, separated by whitespace; blank lines and
 lines starting with ``#`` (after leading whitespace) are skipped. Names therefore cannot contain
 whitespace, and a first name cannot start with ``#``: `write_pairs` refuses such names instead of
-writing a file that would read back differently. Files are UTF-8.
+writing a file that would read back differently. Files are UTF-8 (a leading byte-order mark is
+ignored); a file that is not raises ValueError naming the file, the line and the offending byte.
 
 The "retrieval list" variant read by `pairs_from_list` also allows ``query db1 db2 ...`` (one query
 and any number of database images; no scores). A ranking file read by `pairs_from_ranking` is a
@@ -12,26 +13,43 @@ pairs file in which every line has a score (``query db score``).
 
 from __future__ import annotations
 
+import codecs
+import io
 import math
 import os
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-__all__ = ["read_pairs", "read_pairs_with_scores", "write_pairs", "pairs_exhaustive", "pairs_from_ranking",
+__all__ = ["read_pairs", "read_pairs_with_scores", "is_pairs_file", "write_pairs", "pairs_exhaustive", "pairs_from_ranking",
            "pairs_from_list"]
 
 Pair = tuple[str, str]
 ScoredPair = tuple[str, str, "float | None"]
 
 
+def _text(path: str | os.PathLike) -> str:
+    """The whole file decoded as UTF-8 (BOM dropped); ValueError naming file, line and byte if it is not."""
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+                         f"pairs and ranking files must be UTF-8 text") from None
+
+
 def _lines(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
-    """(line number from 1, whitespace-separated fields) of each line that is not blank or a comment."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            stripped = line.strip()
-            if stripped and not stripped.startswith("#"):
-                yield number, stripped.split()
+    """(line number from 1, whitespace-separated fields) of each line that is not blank or a comment.
+
+    Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` (as Python's text mode reads them)."""
+    for number, line in enumerate(io.StringIO(_text(path), newline=None), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            yield number, stripped.split()
 
 
 def _error(path: str | os.PathLike, number: int, message: str, fields: list[str]) -> ValueError:
@@ -64,6 +82,38 @@ def read_pairs_with_scores(path: str | os.PathLike) -> list[ScoredPair]:
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
     """All ``(name0, name1)`` of a pairs file, in file order (scores are read and dropped)."""
     return [(a, b) for a, b, _ in read_pairs_with_scores(path)]
+
+
+def is_pairs_file(path: str | os.PathLike, probe_bytes: int = 1 << 20) -> bool:
+    """Whether ``path`` reads as a pairs file: UTF-8 lines of ``name0 name1 [score]`` (what
+    `write_pairs` writes), judged on its first ``probe_bytes`` bytes (a partial last line is ignored).
+
+    Pairs files carry no signature, so this is how a command decides that an existing output may
+    be replaced: a user's other text (or any binary file) is not a pairs file and must be kept.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(probe_bytes + 1)
+    except OSError:
+        return False
+    if len(data) > probe_bytes:
+        data = data[: data.rfind(b"\n", 0, probe_bytes) + 1]  # whole lines only
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return False
+    for line in io.StringIO(text, newline=None):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) not in (2, 3):
+            return False
+        if len(fields) == 3:
+            try:
+                float(fields[2])
+            except ValueError:
+                return False
+    return True
 
 
 def _check_name(name: object, first: bool) -> str:

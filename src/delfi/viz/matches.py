@@ -35,7 +35,7 @@ try:
 except ImportError as error:  # matplotlib is the optional "viz" extra
     raise ImportError("delfi.viz needs matplotlib: pip install 'delfi[viz]'") from error
 
-__all__ = ["plot_keypoints", "plot_match_grid", "plot_matches"]
+__all__ = ["picture_formats", "plot_keypoints", "plot_match_grid", "plot_matches"]
 
 BASE_DPI = 100
 """Layout sizes below are pixels at this dpi."""
@@ -153,6 +153,9 @@ def _as_matches(matches: Matches | Any, n0: int, n1: int) -> _MatchArrays:
         meta = matches.meta if isinstance(matches.meta, dict) else {}
         status = meta.get("status")
         kind, status = matches.kind, (None if status is None else str(status))
+        if status == "too few inliers" and "min_inliers" in meta:  # say what "enough" is
+            needed = max(int(meta["min_inliers"]), int(meta.get("chance_inliers", -1)) + 1)
+            status = f"{status} (needs {needed})"
     else:  # a bare (K, 2) index array
         indices = _numpy(matches)
         scores, inliers, kind, status = np.ones(len(indices)), None, None, None
@@ -262,6 +265,11 @@ def _add_colorbar(fig: Figure, mappable: ScalarMappable, label: str, top: float,
     bar.ax.tick_params(labelsize=8, length=2, pad=1)
     bar.outline.set_linewidth(0.5)
     fig.text((left - 8) / fig_w, 1.0 - (top + 5) / fig_h, label, ha="right", va="center", fontsize=8)
+
+
+def picture_formats() -> set[str]:
+    """File suffixes (lower case, no dot) the pictures can be saved as, e.g. ``{"png", "pdf", ...}``."""
+    return {name.lower() for name in FigureCanvasAgg(Figure()).get_supported_filetypes()}
 
 
 def _finish(fig: Figure, out: str | os.PathLike | None, dpi: float) -> Path | np.ndarray:
