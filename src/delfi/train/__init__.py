@@ -1,0 +1,1 @@
+"""Training: losses, data and (later) one LightningModule per method."""
