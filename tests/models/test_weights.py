@@ -486,3 +486,44 @@ def test_resolve_missing_path(tmp_path: Path) -> None:
     with pytest.raises(UnknownWeightsError, match="is a directory"):
         w.resolve_weights(tmp_path)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# weights_sha256: one identity per content, however the weights are named
+# --------------------------------------------------------------------------------------------------
+
+
+def test_weights_sha256_by_path_copy_link_and_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(4096)
+    digest = hashlib.sha256(data).hexdigest()
+    info = WeightsInfo(name="toy-weights", filename="toy_weights.pt", url="http://example.invalid/toy_weights.pt",
+                       sha256=digest, preset="toy", licence="test", source="tests", description="random bytes")
+    monkeypatch.setitem(KNOWN_WEIGHTS, info.name, info)
+    monkeypatch.setenv("DELFI_HOME", str(tmp_path / "home"))
+    cached = w.cached_path(info)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(data)
+    copy = tmp_path / "elsewhere" / "renamed.bin"
+    copy.parent.mkdir()
+    copy.write_bytes(data)
+    link = tmp_path / "link.pt"
+    link.symlink_to(copy)
+    assert {w.weights_sha256(x) for x in ("toy-weights", "TOY-WEIGHTS", cached, copy, link, str(link))} == {digest}
+    assert w.known_weights_by_sha256(digest) is info
+    # a file that merely has a known file name is hashed, not trusted
+    impostor = tmp_path / "toy_weights.pt"
+    impostor.write_bytes(b"something else")
+    assert w.weights_sha256(impostor) == hashlib.sha256(b"something else").hexdigest()
+    assert w.known_weights_by_sha256(w.weights_sha256(impostor)) is None
+    # a changed file is hashed again (the memo is keyed by size and mtime)
+    os.utime(impostor, ns=(1, 1))
+    impostor.write_bytes(b"changed!")
+    assert w.weights_sha256(impostor) == hashlib.sha256(b"changed!").hexdigest()
+
+
+def test_weights_sha256_errors_are_weights_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELFI_HOME", str(tmp_path / "home"))
+    with pytest.raises(w.WeightsNotFoundError, match="r2d2-wasf-n16"):
+        w.weights_sha256("r2d2-wasf-n16")
+    with pytest.raises(w.UnknownWeightsError, match="No such file"):
+        w.weights_sha256(tmp_path / "nothing.pt")

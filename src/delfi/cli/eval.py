@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 
-from delfi.cli.common import ProgressBar, fail, load_model, refuse_output_among_inputs, stderr_console
+from delfi.cli.common import FAILURES_SHOWN, ProgressBar, fail, load_model, refuse_output_among_inputs, stderr_console
 
 app = typer.Typer(help="Benchmarks: HPatches (MMA, homography accuracy), EVD, revisited Oxford/Paris, place recognition.", no_args_is_help=True)
 
@@ -89,14 +90,25 @@ def _check_compare(compare: list[Path]) -> None:
             raise fail(f"--compare {item}: {exc}") from None
 
 
-def _report_failures(what: str, rows: list[tuple[str, str]], run_dir: Path) -> None:
-    """List the left-out items (all of them in a file when many) and exit 1."""
+def _report_failures(what: str, rows: list[tuple[str, str]], run_dir: Path, root: Path) -> None:
+    """List the left-out items (all of them in a file when many) and exit 1.
+
+    On screen, files inside ``root`` are named relative to it (``v_x/H_1_3``), so the table's
+    narrow reason column keeps the file's name; the list file keeps the full paths.
+    """
     if not rows:
         return
     from delfi.cli.common import EXIT_FAILED, report_failures
 
-    report_failures(stderr_console(), f"{what} left out", [what.rstrip("s"), "reason"], rows,
-                    list_file=run_dir / "failures.tsv")
+    prefix = f"{root}{os.sep}"
+    shown = [(item, reason.replace(prefix, "")) for item, reason in rows]
+    console = stderr_console()
+    report_failures(console, f"{what} left out of {root}", [what.rstrip("s"), "reason"], shown, list_file=None)
+    if len(rows) > FAILURES_SHOWN:
+        from delfi.cli.common import write_failure_list
+
+        written = write_failure_list(run_dir / "failures.tsv", [what.rstrip("s"), "reason"], rows)
+        console.print(f"all {len(rows)} {what} left out: {written}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_FAILED)
 
 
@@ -151,7 +163,7 @@ def hpatches(
     console.print(compare_table([report, *(compare or [])]))
     console.print(_status_line(report.status_counts), highlight=False)
     stderr_console().print(f"results -> {report.out_dir}/ (hpatches.npy, results.json, mma.png)", highlight=False)
-    _report_failures("sequences", report.failures, report.out_dir)
+    _report_failures("sequences", report.failures, report.out_dir, root)
 
 
 @app.command("evd")
@@ -193,7 +205,7 @@ def evd(
         raise fail(str(exc)) from None
     Console().print(report.table())
     stderr_console().print(f"results -> {report.out_dir}/", highlight=False)
-    _report_failures("pairs", report.failures, report.out_dir)
+    _report_failures("pairs", report.failures, report.out_dir, root)
 
 
 def _register_retrieval() -> None:
