@@ -216,3 +216,20 @@ def test_eval_usage_errors_name_the_file(tmp_path, checkpoint):
     assert clash.exit_code == 2 and "not a delfi results file" in clash.output
     assert mine.read_text() == "my own notes"
     assert "Traceback" not in wrong.output + bad.output + clash.output
+
+
+def test_eval_bad_checkpoints_are_usage_errors_naming_the_file(tmp_path, checkpoint):
+    root = _evd_root(tmp_path)
+    data = torch.load(checkpoint, weights_only=True)
+    shapes = dict(data, state_dict={**data["state_dict"], "module.clf.weight": torch.zeros(2, 64, 1, 1)})
+    nan = dict(data, state_dict={**data["state_dict"], "module.sal.bias": torch.tensor([float("nan")])})
+    for name, content, expected in (("shapes.pt", shapes, "clf.weight: expected (2, 128, 1, 1), found (2, 64, 1, 1)"),
+                                    ("nan.pt", nan, "'state_dict/module.sal.bias' has non-finite")):
+        torch.save(content, tmp_path / name)
+        result = invoke("eval", "evd", "--root", root, "--weights", tmp_path / name, "--out", tmp_path / "res", *LOW)
+        assert result.exit_code == 2, result.output
+        assert name in result.output and expected in " ".join(result.output.split())
+    (tmp_path / "cut.pt").write_bytes(checkpoint.read_bytes()[:1000])
+    result = invoke("eval", "evd", "--root", root, "--weights", tmp_path / "cut.pt", "--out", tmp_path / "res", *LOW)
+    assert result.exit_code == 2 and "truncated or corrupted" in result.output
+    assert not (tmp_path / "res").exists()

@@ -120,3 +120,20 @@ def test_eval_revisitop_goes_on_without_a_bad_image(tmp_path, oxford_root):
     saved = json.loads((out / "results.json").read_text())
     assert saved["missing"] == ["db3"] and saved["extraction"]["database"]["extracted"] == 4
     assert 0 <= saved["after"]["medium"]["map"] <= 100
+
+
+def test_eval_retrieval_outputs_never_replace_foreign_files(tmp_path, oxford_root):
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "results.json").write_text('{"my": "own notes"}')
+    result = invoke("eval", "revisitop", "--root", oxford_root, "--out", out, "--preset", "delg", *TINY_DELG)
+    assert result.exit_code == 2 and "not a delfi results file" in result.output
+    assert (out / "results.json").read_text() == '{"my": "own notes"}'
+    inside = invoke("eval", "revisitop", "--root", oxford_root, "--out", oxford_root / "roxford5k" / "res",
+                    "--preset", "delg", *TINY_DELG)
+    assert inside.exit_code == 2 and "inside the dataset folder" in inside.output
+    assert not (oxford_root / "roxford5k" / "res").exists()
+    # a sweep only writes into a folder of `eval vpr`
+    sweep = invoke("eval", "vpr-sweep", "--root", tmp_path, "--out", out)
+    assert sweep.exit_code == 2 and "not a folder written by `delfi eval vpr`" in sweep.output
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
