@@ -174,6 +174,7 @@ class FeatureStore(JournaledH5Store):
         arrays = features.numpy()
         data = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in _ARRAYS if k in arrays}
         dtype = _DTYPES[self._attrs.get("descriptor_dtype", "float32")]
-        data["descriptors"] = data["descriptors"].astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # values too large for float16 become inf: refused below
+            data["descriptors"] = data["descriptors"].astype(dtype, copy=False)
         data["image_size"] = np.asarray(features.image_size, dtype=np.int64)
         self._put_record(name, data)

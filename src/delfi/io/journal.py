@@ -78,7 +78,7 @@ _JOURNAL_FILE = re.compile(r"[0-9a-f]{40}\.npz")
 _JOURNAL_TMP = re.compile(r"\.tmp-(\d+)-[0-9a-f]{32}")
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _ABSENT = object()
-_MAX_DIFFS = 6
+_MAX_DIFFS = 4
 
 
 class StoreError(ValueError):
@@ -137,7 +137,7 @@ def _stale(pid: int) -> bool:
     return False
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _short(value: Any, limit: int = 66) -> str:  # 66: a quoted sha256
     if value is _ABSENT:
         return "(absent)"
     text = repr(value)
@@ -176,7 +176,8 @@ def array_problem(record: Mapping[str, Any], key: str, kinds: str, shape: tuple[
         return f"{key} has dtype {value.dtype}, expected {'integer' if kinds == 'iu' else 'numeric'} values"
     got = tuple(value.shape)
     if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
-        return f"{key} shape {got} {what or 'is not ' + str(tuple('N' if s is None else s for s in shape))}"
+        dims = ", ".join("N" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
+        return f"{key} shape {got} {what or f'is not ({dims})'}"
     return None
 
 
@@ -533,11 +534,13 @@ class JournaledH5Store:
     def _decode_text(key: str, value: Any, where: Path) -> Any:
         """An attr value as a Python value: numpy scalars unwrapped, bytes decoded as UTF-8."""
         value = value.item() if isinstance(value, np.generic) else value
-        if isinstance(value, bytes):
-            try:
+        try:
+            if isinstance(value, bytes):
                 value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise StoreError(f"{where}: attribute {key!r} is not valid UTF-8 text") from None
+            elif isinstance(value, str):
+                value.encode("utf-8")  # h5py maps undecodable bytes to lone surrogates
+        except UnicodeError:
+            raise StoreError(f"{where}: attribute {key!r} is not valid UTF-8 text") from None
         return value
 
     @staticmethod
