@@ -68,3 +68,23 @@ def test_viz_attention_and_r2d2_refusal(tmp_path, delg_checkpoint, checkpoint):
     assert out.is_file() and "2 scales" in result.output
     refused = invoke("viz", "attention", image, "--preset", "r2d2", "--weights", checkpoint)
     assert refused.exit_code == 2 and "attention" in refused.output
+
+
+def test_viz_attention_of_random_weights_says_so(tmp_path):
+    (image,) = make_images(tmp_path, 1, size=(64, 48))
+    out = tmp_path / "attn.png"
+    result = invoke("viz", "attention", image, "--preset", "delf", "--out", out, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "warning: delf has no weights" in result.output and "UNTRAINED" in result.output
+    refused = invoke("viz", "attention", image, "--preset", "delf", "--out", image, *SMALL)
+    assert refused.exit_code == 2 and "also an input" in refused.output
+
+
+def test_extract_with_random_weights_warns_and_marks_the_store(tmp_path):
+    make_images(tmp_path / "q", 1, size=(64, 48))
+    out = tmp_path / "q.h5"
+    result = invoke("extract", tmp_path / "q", "--preset", "delf", "--out", out, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "warning: delf has no weights" in result.output
+    with FeatureStore(out) as store:
+        assert store.attrs["untrained"] is True

@@ -134,3 +134,100 @@ def test_demo_without_weights_says_how_to_get_them(tmp_path):
     result = invoke("demo", "--out", tmp_path / "demo")
     assert result.exit_code == 1
     assert "delfi weights download r2d2-wasf-n16" in result.output
+
+
+# ---------------------------------------------------------------- user-trial faults
+
+
+def test_images_outside_the_working_directory_are_extracted(tmp_path, checkpoint, monkeypatch):
+    outside = make_images(tmp_path / "elsewhere", 2)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "list.txt").write_text(f"{outside[0]}\n../elsewhere/img01.png\n")
+    monkeypatch.chdir(work)
+    result = invoke("extract", "../elsewhere/img00.png", outside[1], "list.txt", "--weights", checkpoint, "--out", "f.h5", *LOW)
+    assert result.exit_code == 0, result.output
+    with FeatureStore(work / "f.h5") as store:
+        assert store.names() == sorted(["@abs" + outside[0].as_posix(), "@abs" + outside[1].as_posix(), "@up/elsewhere/img01.png"])
+    again = invoke("extract", "../elsewhere/img00.png", outside[1], "list.txt", "--weights", checkpoint, "--out", "f.h5", *LOW)
+    assert again.exit_code == 0 and "0 extracted, 3 already done" in again.output  # stable names: resumes
+
+
+def test_name_collisions_and_skipped_folder_items_are_reported(tmp_path, checkpoint, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # short paths: the tables are not wrapped
+    make_images(tmp_path / "one", 1)
+    make_images(tmp_path / "two", 1)
+    (tmp_path / "one" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    out = Path("f.h5")
+    result = invoke("extract", "one", "two", "--weights", checkpoint, "--out", out, *LOW)
+    assert result.exit_code == 1, result.output  # the second img00.png: its name is taken
+    assert "already used" in result.output and "1 extracted" in result.output
+    assert "dangling.jpg" in result.output and "dangling symbolic link" in result.output
+    only_skipped = invoke("extract", "one", "--weights", checkpoint, "--out", out, *LOW)
+    assert only_skipped.exit_code == 0 and "skipped" in only_skipped.output
+
+
+def test_override_typos_and_output_among_inputs_are_usage_errors(tmp_path, checkpoint):
+    images = tmp_path / "photos"
+    make_images(images, 1)
+    typo = invoke("extract", images, "top_k", "2000", "--weights", checkpoint, "--out", tmp_path / "f.h5")
+    assert typo.exit_code == 2 and "top_k: not an image, folder or list; to set a config key write top_k=2000" in typo.output
+    assert not (tmp_path / "f.h5").exists()
+    store = tmp_path / "feats.h5"
+    assert invoke("extract", images, "--weights", checkpoint, "--out", store, *LOW).exit_code == 0
+    before = store.read_bytes()
+    (tmp_path / "list.txt").write_text(f"{images / 'img00.png'}\n{store}\n")
+    for inputs in ([store], [tmp_path / "list.txt"]):
+        refused = invoke("extract", *inputs, "--weights", checkpoint, "--out", store, *LOW)
+        assert refused.exit_code == 2 and "also an input" in refused.output
+    assert store.read_bytes() == before
+    folder = invoke("extract", images, "--weights", checkpoint, "--out", tmp_path, *LOW)
+    assert folder.exit_code == 2 and "is a folder" in folder.output
+    bad_box = tmp_path / "boxes.txt"
+    bad_box.write_bytes(b"\xff\xfe\x00")
+    refused = invoke("extract", images, "--preset", "delf", "--bbox-file", bad_box, "--out", tmp_path / "d.h5")
+    assert refused.exit_code == 2 and "boxes.txt" in refused.output and "UTF-8" in refused.output
+
+
+def test_no_features_and_impossible_settings_are_said(tmp_path, checkpoint):
+    images = tmp_path / "photos"
+    make_images(images, 2)
+    impossible = invoke("extract", images, "--weights", checkpoint, "max_size=256", "--out", tmp_path / "f.h5")
+    assert impossible.exit_code == 2 and "max_size" in impossible.output and not (tmp_path / "f.h5").exists()
+    empty = invoke("extract", images, "--weights", checkpoint, "--out", tmp_path / "e.h5", "reliability_threshold=1.0", *LOW[1:])
+    assert empty.exit_code == 0, empty.output
+    assert "2 images gave no features" in empty.output and "img00.png" in empty.output
+
+
+def test_ctrl_c_saves_what_is_done_and_says_how_to_resume(tmp_path, checkpoint, monkeypatch):
+    from delfi.models.r2d2 import R2D2
+
+    images = tmp_path / "photos"
+    make_images(images, 4)
+    out = tmp_path / "f.h5"
+    original, calls = R2D2.extract, []
+
+    def interrupted(self, image, *args, **kwargs):
+        calls.append(image)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(R2D2, "extract", interrupted)
+    result = invoke("extract", images, "--weights", checkpoint, "--out", out, *LOW)
+    assert result.exit_code == 130
+    assert "interrupted: 2 images are saved" in result.output and "run the same command again to resume" in result.output
+    monkeypatch.setattr(R2D2, "extract", original)
+    rerun = invoke("extract", images, "--weights", checkpoint, "--out", out, *LOW)
+    assert rerun.exit_code == 0 and "2 extracted, 2 already done" in rerun.output
+
+
+def test_foreign_npz_files_are_kept(tmp_path, checkpoint):
+    images = tmp_path / "photos"
+    make_images(images, 2)
+    theirs = images / "img00.png.r2d2"
+    theirs.write_bytes(b"made by the official extractor")
+    result = invoke("extract", images, "--weights", checkpoint, "--out", tmp_path / "f.h5", "--export-npz", *LOW)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert theirs.read_bytes() == b"made by the official extractor"
+    assert (images / "img01.png.r2d2").is_file()

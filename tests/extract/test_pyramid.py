@@ -225,3 +225,18 @@ def test_iterate_levels_empty_and_invalid(image):
     assert list(iterate_levels(image, [], "chained")) == []
     with pytest.raises(ValueError, match="resize"):
         list(iterate_levels(image, r2d2_levels(80, 64, min_size=0), "nearest"))
+
+
+def test_iterate_levels_from_a_reduced_copy_keeps_the_levels_of_the_original():
+    levels = r2d2_levels(1000, 800, min_size=100, max_size=300)
+    first = next(lv for lv in levels if lv.process)
+    original = torch.rand(1, 3, 800, 1000)
+    copy = torch.rand(1, 3, first.size[1], first.size[0])
+    for mode in ("chained", "from_original"):
+        full = [(lv, im.shape) for lv, im in iterate_levels(original, levels, mode)]
+        reduced = list(iterate_levels(copy, levels, mode))
+        assert [(lv, im.shape) for lv, im in reduced] == full
+        assert reduced[0][1] is copy  # the copy is the first processed level itself
+    too_small = torch.rand(1, 3, first.size[1] - 10, first.size[0] - 10)
+    with pytest.raises(ValueError, match="smaller than a processed pyramid level"):
+        list(iterate_levels(too_small, levels))

@@ -269,3 +269,21 @@ def test_rendering_never_imports_pyplot(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "a.png").is_file()
+
+
+def _red(arr: np.ndarray) -> np.ndarray:
+    """Pixels of the stamp colour (strong red, little green / blue)."""
+    a = arr.astype(int)
+    return (a[..., 0] > 150) & (a[..., 1] < 110) & (a[..., 2] < 110)
+
+
+def test_untrained_models_get_a_red_caption_and_stamp():
+    levels = [(1.0, _hot(1, 1, 0.0)), (0.5, _hot(0, 0, 0.0))]  # zero maps: the overlay is black, never red
+    plain = plot_attention(_grey(), levels)
+    stamped = plot_attention(_grey(), levels, untrained=True)
+    above_colorbar = slice(0, int(0.85 * plain.shape[0]))  # the inferno colorbar has reds of its own
+    plain, stamped = plain[above_colorbar], stamped[above_colorbar]
+    assert _red(plain).sum() == 0
+    assert _red(stamped).sum() > 200
+    top_half = stamped[: stamped.shape[0] // 4]  # the caption under the title
+    assert _red(top_half).sum() > 20

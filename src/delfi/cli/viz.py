@@ -124,14 +124,28 @@ def attention(
     from delfi.io.images import ImageError, read_image
     from delfi.viz.attention import plot_attention
 
+    import warnings
+
+    from delfi.cli.common import prepare_output_file, refuse_output_among_inputs
+    from rich.markup import escape
+
+    refuse_output_among_inputs(out, [image, weights if weights and Path(weights).exists() else None])
+    prepare_output_file(out)
     try:
         picture = read_image(image)
     except ImageError as exc:
         raise fail(str(exc)) from None
-    model, config = load_model(preset, weights, list(overrides or []), device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, config = load_model(preset, weights, list(overrides or []), device)
+    for warning in caught:
+        stderr_console().print(f"[yellow]warning: {escape(str(warning.message))}[/yellow]", soft_wrap=True, highlight=False)
     if not hasattr(model, "attention_maps"):
         raise fail(f"the {config.model} extractor has no attention maps (use a delf or delg preset)")
+    untrained = bool(getattr(model, "untrained", False))
     levels = model.attention_maps(picture)
     found = model.extract(picture)
-    plot_attention(picture, levels, found, out=out, title=f"{image.name}: {config.model} attention")
-    stderr_console().print(f"{len(levels)} scales, {len(found)} keypoints -> {out}")
+    title = f"{image.name}: {config.model} attention"
+    plot_attention(picture, levels, found, out=out, title=title, untrained=untrained)
+    stamp = " [red](UNTRAINED: random weights)[/red]" if untrained else ""
+    stderr_console().print(f"{len(levels)} scales, {len(found)} keypoints -> {escape(str(out))}{stamp}", highlight=False)

@@ -62,6 +62,8 @@ __all__ = ["plot_attention"]
 MIN_PANEL_WIDTH = 320  # small images are enlarged up to this display width (px at 100 dpi)
 MIN_FIGURE_WIDTH = 440
 KEYPOINTS_TITLE = "selected keypoints"
+UNTRAINED_CAPTION = "UNTRAINED: random weights (these maps mean nothing)"
+UNTRAINED_COLOR = "#d62728"
 MARKER_RANGES = ((300, (3.0, 12.0)), (1500, (2.5, 8.0)), (None, (2.0, 5.0)))
 """Marker diameters in points (smallest to largest keypoint scale) by how many keypoints are drawn,
 for a panel of about 500 x 500 px; multiplied by sqrt(panel area) / 500 (clipped to 0.6..1.5)."""
@@ -226,6 +228,7 @@ def plot_attention(
     cmap: str | Colormap = "inferno",
     dpi: int = 100,
     max_points: int | None = 1000,
+    untrained: bool = False,
 ) -> Path | np.ndarray:
     """Attention maps of an image pyramid over the image, one panel per scale, then the keypoints.
 
@@ -249,6 +252,8 @@ def plot_attention(
         cmap: colormap (name or `Colormap`) of the attention maps.
         dpi: resolution; the layout is made at 100 dpi.
         max_points: draw only this many best-scoring keypoints (all when None).
+        untrained: the maps come from a model without trained weights: a red caption
+            (`UNTRAINED_CAPTION`) under the title and a red "UNTRAINED" stamp across every panel.
 
     Returns:
         The saved `Path` when ``out`` is given, else the figure as an ``(H, W, 3)`` uint8 array.
@@ -276,12 +281,16 @@ def plot_attention(
     grid_w = cols * disp_w + (cols - 1) * CELL_GAP
     fig_w = math.ceil(max(grid_w + 2 * PAD, MIN_FIGURE_WIDTH))
     text = str(title) if title else "attention"
-    head = TITLE_LINE * (text.count("\n") + 1) + 10
+    head = TITLE_LINE * (text.count("\n") + 1 + bool(untrained)) + 10
     band = PANEL_LINE + 6
     grid_h = rows * (band + disp_h) + (rows - 1) * ROW_GAP
     fig_h = math.ceil(head + grid_h + PAD + COLORBAR_BAND)
     fig = _new_figure(fig_w, fig_h, dpi)
     fig.text(0.5, 1.0 - 6 / fig_h, text, ha="center", va="top", fontsize=TITLE_FONTSIZE + 1, linespacing=1.3)
+    if untrained:
+        caption_top = 6 + TITLE_LINE * (text.count("\n") + 1)
+        fig.text(0.5, 1.0 - caption_top / fig_h, UNTRAINED_CAPTION, ha="center", va="top",
+                 fontsize=TITLE_FONTSIZE, color=UNTRAINED_COLOR, fontweight="bold")
     x0 = (fig_w - grid_w) / 2
 
     def panel(index: int):
@@ -290,6 +299,9 @@ def plot_attention(
         left, top = x0 + c * (disp_w + CELL_GAP), head + r * (band + disp_h + ROW_GAP)
         ax = _add_axes(fig, left, top + band, disp_w, disp_h, fig_w, fig_h)
         _show(ax, display, (h, w))
+        if untrained:
+            ax.text(0.5, 0.5, "UNTRAINED", transform=ax.transAxes, ha="center", va="center", rotation=20,
+                    fontsize=max(10.0, disp_w / 14), color=UNTRAINED_COLOR, alpha=0.75, fontweight="bold", zorder=10)
 
         def label(text: str) -> None:
             fig.text((left + disp_w / 2) / fig_w, 1.0 - (top + 2) / fig_h, text, ha="center", va="top",
