@@ -319,3 +319,17 @@ def test_matches_numpy_and_to():
     assert moved.indices.device.type == "meta" and moved.model.device.type == "meta"
     assert moved.kind == "homography"
     assert m.to("cpu").indices.tolist() == m.indices.tolist()
+
+
+def test_ranking_with_mismatched_shapes_names_the_array():
+    import numpy as np
+    import pytest
+
+    from delfi.types import Ranking
+
+    with pytest.raises(ValueError, match=r"indices must be \(queries, K\) = \(2, K\)"):
+        Ranking(queries=["a", "b"], database=["x", "y", "z"], indices=np.zeros((3, 2)), scores=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="scores must have the shape of the indices"):
+        Ranking(queries=["a", "b"], database=["x", "y", "z"], indices=[[0, 1], [1, 2]], scores=np.zeros(3))
+    ranking = Ranking(queries=["a"], database=["x", "y"], indices=[1, 0], scores=[0.9, 0.1])
+    assert ranking.indices.shape == (1, 2)

@@ -238,15 +238,30 @@ class Ranking:
         self.queries = [str(q) for q in self.queries]
         self.database = [str(d) for d in self.database]
         indices = np.asarray(self.indices, dtype=np.int64)
-        depth = indices.shape[-1] if indices.ndim == 2 else (0 if indices.size == 0 else -1)
-        self.indices = indices.reshape(len(self.queries), depth)
+        n = len(self.queries)
+        if indices.ndim == 2 and indices.shape[0] == n:
+            self.indices = indices
+        elif indices.size == 0:
+            self.indices = indices.reshape(n, 0)
+        elif indices.ndim == 1 and n == 1:
+            self.indices = indices.reshape(1, -1)
+        else:
+            raise ValueError(f"ranking indices must be (queries, K) = ({n}, K), got shape {indices.shape}")
         shape = self.indices.shape
-        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(shape)
+        self.scores = self._matching("scores", self.scores, np.float64, shape)
         if self.global_scores is not None:
-            self.global_scores = np.asarray(self.global_scores, dtype=np.float64).reshape(shape)
+            self.global_scores = self._matching("global_scores", self.global_scores, np.float64, shape)
         if self.inliers is not None:
-            self.inliers = np.asarray(self.inliers, dtype=np.int64).reshape(shape)
+            self.inliers = self._matching("inliers", self.inliers, np.int64, shape)
         self.validate()
+
+    @staticmethod
+    def _matching(what: str, values: Any, dtype: Any, shape: tuple[int, int]) -> np.ndarray:
+        """``values`` as an array of ``shape`` (the indices'), else a ValueError naming both shapes."""
+        array = np.asarray(values, dtype=dtype)
+        if array.size != shape[0] * shape[1] or (array.ndim == 2 and array.shape != shape):
+            raise ValueError(f"ranking {what} must have the shape of the indices {shape}, got {array.shape}")
+        return array.reshape(shape)
 
     def validate(self) -> None:
         if len(set(self.queries)) != len(self.queries):

@@ -172,3 +172,22 @@ def test_each_protocol_reranks_without_its_own_junk(revisitop_root):
     assert "reranked_hard" not in common.files
     with pytest.raises(ValueError, match="rerank_junk"):
         run_revisitop(root, "roxford5k", out, rerank_junk="tf")
+
+
+def test_a_database_entry_with_nan_values_is_left_out_with_its_reason(revisitop_root):
+    """An entry written by another tool with a NaN global descriptor: left out of the index, named with
+    the reason, and the run scores the rest."""
+    import h5py
+
+    from delfi.eval.revisitop_run import run_revisitop
+
+    root, out, gnd, imlist = revisitop_root
+    bad = "other1"
+    with h5py.File(out / "db.h5", "a") as f:
+        f[bad]["global_descriptor"][0] = np.nan
+    report = run_revisitop(root, "roxford5k", out, settings=RetrievalSettings(rerank=RerankConfig(top_k=5)))
+    assert bad in report.missing
+    assert "non-finite" in report.reasons[bad] or "nan" in report.reasons[bad].lower()
+    assert report.after["medium"]["map"] == pytest.approx(100.0)
+    saved = json.loads((out / "results.json").read_text())
+    assert bad in saved["missing_reasons"]

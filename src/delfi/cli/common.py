@@ -29,13 +29,30 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def configure_logging(verbose: bool) -> None:
-    """Log to stderr through Rich; only the command line calls this."""
+    """Log to stderr through Rich and show Python warnings as one yellow line each (no source
+    lines, no file paths of delfi's code); only the command line calls this."""
+    import warnings
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=stderr_console(), show_path=False)],
         force=True,
     )
+    warnings.showwarning = show_warning_line
+
+
+def show_warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` for the command line: ``warning: <message>`` in yellow on stderr."""
+    text = str(message)
+    if verbose_warnings():
+        text = f"{text} ({category.__name__} at {filename}:{lineno})"
+    stderr_console().print(f"[yellow]warning: {escape(text)}[/yellow]", soft_wrap=True, highlight=False)
+
+
+def verbose_warnings() -> bool:
+    """Whether warnings name their category and origin too (``--verbose`` sets DEBUG logging)."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 class ProgressBar:
@@ -97,7 +114,8 @@ def failures_table(title: str, header: list[str], rows: list[tuple[str, ...]]):
 
     table = Table(title=title, title_justify="left")
     for i, name in enumerate(header):
-        table.add_column(name, style="red" if i == len(header) - 1 else None)
+        last = i == len(header) - 1
+        table.add_column(name, style="red" if last else None, overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table

@@ -13,8 +13,8 @@ from delfi.cli.common import (
     EXIT_FAILED,
     ProgressBar,
     fail,
-    failures_table,
     load_model,
+    report_failures,
     refuse_output_among_inputs,
     stderr_console,
 )
@@ -139,7 +139,7 @@ def revisitop(
     if report:
         _report_revisitop(root, dataset, out, result)
     stderr_console().print(f"results -> {out}/ (results.json, ranking.txt, reranked.txt{', report.html' if report else ''})")
-    _exit_on_failures(result.extraction, result.missing)
+    _exit_on_failures(result.extraction, result.missing, result.reasons, out)
 
 
 def _run_with_progress(runner, *args, **kwargs):
@@ -153,16 +153,17 @@ def _run_with_progress(runner, *args, **kwargs):
         raise fail(str(exc)) from None
 
 
-def _exit_on_failures(extraction: dict, missing: list[str]) -> None:
-    """List images that failed or have no features, and exit 1 (the results cover the rest)."""
+def _exit_on_failures(extraction: dict, missing: list[str], reasons: dict[str, str] | None = None,
+                      out: Path | None = None) -> None:
+    """List images that failed or have no usable features, and exit 1 (the results cover the rest);
+    the first few on screen, all of them in ``<out>/results.json`` and ``<out>/failures.tsv``."""
     rows = [(name, reason) for part in ("queries", "database") for name, reason in extraction.get(part, {}).get("failures", [])]
     failed = {name for name, _ in rows}
-    rows += [(name, "no features in the store") for name in missing if name not in failed]
+    reasons = reasons or {}
+    rows += [(name, reasons.get(name, "no features in the store")) for name in missing if name not in failed]
     if rows:
-        console = stderr_console()
-        console.print(failures_table("images left out (counted as misses)", ["image", "reason"], rows[:50]))
-        if len(rows) > 50:
-            console.print(f"... and {len(rows) - 50} more (results.json lists them)")
+        list_file = Path(out) / "failures.tsv" if out is not None else None
+        report_failures(stderr_console(), "images left out (counted as misses)", ["image", "reason"], rows, list_file)
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -241,7 +242,7 @@ def vpr(
     if report:
         _report_vpr(root, split, out, radius, result)
     stderr_console().print(f"results -> {out}/")
-    _exit_on_failures(result.extraction, result.missing)
+    _exit_on_failures(result.extraction, result.missing, result.reasons, out)
 
 
 def _report_vpr(root: Path, split: str, out: Path, radius: float, result) -> None:

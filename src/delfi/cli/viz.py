@@ -13,8 +13,10 @@ app = typer.Typer(help="Pictures: matches of a stored pair, keypoints of a store
 
 
 def _image_path(images: Path, name: str) -> Path:
-    path = Path(name)
-    return path if path.is_absolute() else images / path
+    """The image file of store entry ``name`` (the naming rule of `delfi.io.images` reversed)."""
+    from delfi.io.images import name_to_path
+
+    return name_to_path(name, images)
 
 
 def _read_named_image(images: Path, name: str):
@@ -25,7 +27,9 @@ def _read_named_image(images: Path, name: str):
     try:
         return read_image(path)
     except ImageError as exc:
-        where = "" if Path(name).is_absolute() else (
+        from delfi.io.images import ABSOLUTE_PREFIX
+
+        where = "" if name.split("/")[0] == ABSOLUTE_PREFIX else (
             f" (looked for {name!r} under the folder {images}{' (the current folder)' if str(images) == '.' else ''}; "
             f"--images sets the folder the store names are relative to)")
         raise fail(f"image of {name!r}: {exc}{where}") from None

@@ -38,6 +38,7 @@ class RetrievalOutput:
     files: dict[str, str] = field(default_factory=dict)
     rerank_seconds_per_query: float = 0.0
     missing: list[str] = field(default_factory=list)  # images without features (never ranked / unverified)
+    reasons: dict[str, str] = field(default_factory=dict)  # name -> why its features were left out
 
 
 def extract_images(model: Any, config: dict[str, Any], entries, out: str | os.PathLike, *,
@@ -84,11 +85,18 @@ def run_retrieval(
     if not db_used or not q_used:
         raise ValueError(f"{db_store if not db_used else query_store}: none of the {'database' if not db_used else 'query'} "
                          "images has features (see the extraction failures)")
-    index = build_index(db_store, out / "index", kind=settings.index, names=db_used, params=settings.index_params)
-    found = search(index, query_store, top_k=min(settings.top_k, len(db_used)), names=q_used)
+    reasons: dict[str, str] = {}
+    left_out = reasons.__setitem__  # (name, reason): an unreadable or non-finite entry is left out, not fatal
+    index = build_index(db_store, out / "index", kind=settings.index, names=db_used, params=settings.index_params,
+                        on_failure=left_out)
+    if len(reasons) == len(db_used):
+        raise ValueError(f"{db_store}: none of the database images has usable features ({len(reasons)} left out)")
+    indexed = len(db_used) - sum(name in reasons for name in db_used)
+    found = search(index, query_store, top_k=min(settings.top_k, indexed), names=q_used, on_failure=left_out)
+    missing += [name for name in reasons if name not in missing]
     before = expand_ranking(found, queries, database)
     files = {"index": str(out / "index"), "ranking": str(write_ranking(out / "ranking.txt", before))}
-    result = RetrievalOutput(before, None, files, missing=missing)
+    result = RetrievalOutput(before, None, files, missing=missing, reasons=reasons)
     if settings.rerank is None:
         return result
     report = RerankReport()
@@ -100,6 +108,7 @@ def run_retrieval(
         files["matches"] = str(matches_out)
     result.rerank_seconds_per_query = report.seconds_per_query
     result.missing = list(dict.fromkeys(missing + report.missing))
+    result.reasons.update({name: why for name, why in report.failed.items() if name not in result.reasons})
     return result
 
 

@@ -77,11 +77,12 @@ class RevisitopReport:
     extraction: dict[str, Any] = field(default_factory=dict)
     rerank_seconds_per_query: float = 0.0
     missing: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # missing name -> why (when known)
 
     def to_json(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "before": self.before, "after": self.after, "files": self.files,
                 "extraction": self.extraction, "rerank_seconds_per_query": self.rerank_seconds_per_query,
-                "missing": self.missing}
+                "missing": self.missing, "missing_reasons": self.reasons}
 
 
 def _entries(folder: Path, names: Sequence[str]):
@@ -164,7 +165,7 @@ def run_revisitop(
                 output.files[f"reranked_{protocol}"] = str(write_ranking(out / f"reranked_{protocol}.txt", ranking))
                 after[protocol] = evaluate(ranking.ranks(len(database)), gnd["gnd"], kappas)[protocol]
     result = RevisitopReport(dataset, before, after, output.files, extraction, output.rerank_seconds_per_query,
-                             output.missing)
+                             output.missing, reasons=output.reasons)
     result.files["results"] = str(out / "results.json")
     write_results(out / "results.json", {**result.to_json(), "settings": settings.as_dict(), "rerank_junk": rerank_junk},
                   BENCHMARK)

@@ -65,6 +65,7 @@ class VPRReport:
     queries_without_positives: int = 0
     missing: list[str] = field(default_factory=list)  # images without features
     positive_ranks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per query, each positive
+    reasons: dict[str, str] = field(default_factory=dict)  # missing name -> why (when known)
 
     def summary(self) -> dict[str, int]:
         changes = [v for v in self.rank_change.values() if v is not None]
@@ -76,7 +77,7 @@ class VPRReport:
                 "rank_change": self.rank_change, "rank_change_summary": self.summary(), "files": self.files,
                 "extraction": self.extraction, "rerank_seconds_per_query": self.rerank_seconds_per_query,
                 "queries_without_positives": self.queries_without_positives, "missing": self.missing,
-                "positive_ranks": self.positive_ranks}
+                "missing_reasons": self.reasons, "positive_ranks": self.positive_ranks}
 
 
 def ground_truth(base: Path, db_paths: Sequence[Path], q_paths: Sequence[Path], radius: float = 25.0):
@@ -131,7 +132,7 @@ def run_vpr(
         recall_at_n(before, positives, ns), recall_at_n(after, positives, ns) if after is not None else None,
         {q: (None if np.isnan(c) else float(c)) for q, c in zip(queries, changes)} if after is not None else {},
         output.files, extraction, output.rerank_seconds_per_query, int(sum(len(p) == 0 for p in positives)),
-        output.missing,
+        output.missing, reasons=output.reasons,
     )
     if after is not None:
         report.positive_ranks = positive_rank_moves(before, after, positives, queries, database)

@@ -8,6 +8,10 @@ from typing import Any
 _LAZY = {
     "FeatureStore": "delfi.io.features",
     "StoreMismatchError": "delfi.io.features",
+    "StoreError": "delfi.io.features",
+    "StoreBusyError": "delfi.io.features",
+    "EntryError": "delfi.io.features",
+    "name_to_path": "delfi.io.images",
     "read_image": "delfi.io.images",
     "collect_images": "delfi.io.images",
     "ImageError": "delfi.io.images",

@@ -141,10 +141,11 @@ class AttentionBackbone(nn.Module):
 
     def load_weights(self, path: str | os.PathLike) -> "AttentionBackbone":
         """Load a delfi checkpoint of this family (its normalisation metadata is adopted)."""
+        from delfi.models.checkpoints import load_state_dict_checked
         from delfi.models.weights import sha256_file
 
         meta, state_dict = load_delfi_checkpoint(path, self.family)
-        self.load_state_dict(state_dict)
+        load_state_dict_checked(self, state_dict, str(path))
         self.normalisation_name = meta.get("normalisation", self.normalisation_name)
         self.weights_sha256 = sha256_file(path)
         return self
