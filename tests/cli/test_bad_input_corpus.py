@@ -368,3 +368,16 @@ def test_viz_matches_without_images_folder_says_where_it_looked(work):
 def test_ranking_with_wrong_columns_is_named_by_line(work):
     (work / "r.txt").write_text("img00.png img01.png 0.5\nimg00.png\n")
     run_case(work, Case(["pairs", "from-ranking", "--ranking", "r.txt", "--out", "p2.txt"], (2,), ("r.txt:2",)))
+
+
+def test_the_same_weights_spelled_otherwise_resume_the_store(work):
+    result = run_case(work, Case(["extract", "imgs", "--weights", work / "ckpt.pt", "--out", "f.h5", *LOW], (0,),
+                                 ("3 already done",), may_change=("f.h5", "f.h5.config.yaml")))
+    assert "0 extracted" in result.output
+
+
+def test_settings_mismatch_names_only_the_differing_key_and_overwrite(work):
+    low = [s for s in LOW if not s.startswith("top_k=")]
+    result = run_case(work, Case(["extract", "imgs", "--weights", "ckpt.pt", "--out", "f.h5", *low, "top_k=100"], (2,),
+                                 ("config.top_k", "--overwrite")))
+    assert "reliability_threshold" not in result.output  # not the whole config

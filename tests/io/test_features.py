@@ -402,3 +402,24 @@ def test_sigkill_during_writes(tmp_path: Path) -> None:
     assert sorted(names) == sorted(entry_name(i) for i in range(N_ENTRIES))
     assert not Path(f"{path}.journal").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("store.h5")] == ["store.h5"]
+
+
+def test_resume_ignores_the_spelling_of_file_settings_but_not_their_content(tmp_path):
+    """``weights`` / ``pca`` name files: ``ckpt.pt`` and ``/abs/ckpt.pt`` resume one store (their
+    content is checked through ``weights_sha256`` / ``pca_sha256``); other content is refused."""
+    import pytest
+
+    from delfi.io.features import FeatureStore, StoreMismatchError
+
+    def attrs(weights: str, sha: str, pca_sha: str | None = None) -> dict:
+        found = {"model": "r2d2", "weights_sha256": sha, "config": {"weights": weights, "top_k": 5}}
+        return {**found, "pca_sha256": pca_sha} if pca_sha else found
+
+    path = tmp_path / "f.h5"
+    FeatureStore(path, "a", attrs=attrs("ckpt.pt", "a" * 64, "p" * 64)).close()
+    with FeatureStore(path, "a", attrs=attrs(str(tmp_path / "ckpt.pt"), "a" * 64, "p" * 64)) as store:
+        assert store.attrs["config"]["weights"] == str(tmp_path / "ckpt.pt")  # the latest spelling is kept
+    with pytest.raises(StoreMismatchError, match="weights_sha256"):
+        FeatureStore(path, "a", attrs=attrs("ckpt.pt", "b" * 64, "p" * 64))
+    with pytest.raises(StoreMismatchError, match="pca_sha256"):
+        FeatureStore(path, "a", attrs=attrs("ckpt.pt", "a" * 64, "q" * 64))

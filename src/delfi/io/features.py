@@ -44,7 +44,7 @@ __all__ = ["FeatureStore", "StoreMismatchError", "StoreBusyError", "StoreError",
 
 FORMAT = "delfi-features"
 FORMAT_VERSION = 1
-CHECKED_ATTRS = ("model", "weights_sha256", "config")
+CHECKED_ATTRS = ("model", "weights_sha256", "pca_sha256", "config")
 """Attributes that must agree when resuming a store: other values would mix incompatible features."""
 
 _ARRAYS = ("keypoints", "scores", "descriptors", "scales", "global_descriptor")
@@ -117,6 +117,7 @@ class FeatureStore(JournaledH5Store):
     DATASETS = _ARRAYS
     BUILTIN_ATTRS = _BUILTIN_ATTRS
     CHECKED_ATTRS = CHECKED_ATTRS
+    FILE_CONFIG_KEYS = ("weights", "pca")  # checked by content: weights_sha256, pca_sha256
 
     def __init__(self, path: str | os.PathLike, mode: str = "r", *, attrs: dict | None = None,
                  descriptor_dtype: str = "float32", commit_every: int | None = None) -> None:

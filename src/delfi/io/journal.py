@@ -237,6 +237,7 @@ class JournaledH5Store:
     BUILTIN_ATTRS: ClassVar[tuple[str, ...]] = ("format", "format_version", "delfi_version")  # not caller's
     CHECKED_ATTRS: ClassVar[tuple[str, ...]] = ("model", "weights_sha256", "config")  # must agree on resume
     JSON_ATTRS: ClassVar[tuple[str, ...]] = ("config",)  # dict attrs, stored as JSON strings
+    FILE_CONFIG_KEYS: ClassVar[tuple[str, ...]] = ()  # config keys naming files whose content another attr checks
 
     def __init__(self, path: str | os.PathLike, mode: str = "r", *, attrs: dict | None = None,
                  commit_every: int | None = None) -> None:
@@ -403,14 +404,24 @@ class JournaledH5Store:
             raise StoreError(f"refusing to replace {self.path}: it is not a delfi {self.LABEL} store ({why}); "
                              f"move or delete it yourself, or choose another path")
 
+    def _compared(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """``attrs`` as compared on resume: the `FILE_CONFIG_KEYS` of ``config`` left out, since they
+        name files by their spelling (``ckpt.pt`` or ``/abs/ckpt.pt``) and a content attribute such
+        as ``weights_sha256`` checks what they hold."""
+        config = attrs.get("config")
+        if not self.FILE_CONFIG_KEYS or not isinstance(config, dict):
+            return attrs
+        return {**attrs, "config": {k: v for k, v in config.items() if k not in self.FILE_CONFIG_KEYS}}
+
     def _init_writing(self, exists: bool) -> None:
         given = self._given
         if not exists:
             self._attrs = self._builtin_attrs()
         elif self._check_given:
-            diff = [k for k in self.CHECKED_ATTRS if self._attrs.get(k, _ABSENT) != given.get(k, _ABSENT)]
+            stored_view, given_view = self._compared(self._attrs), self._compared(given)
+            diff = [k for k in self.CHECKED_ATTRS if stored_view.get(k, _ABSENT) != given_view.get(k, _ABSENT)]
             if diff:
-                details = [d for k in diff for d in _diffs(k, self._attrs.get(k, _ABSENT), given.get(k, _ABSENT))]
+                details = [d for k in diff for d in _diffs(k, stored_view.get(k, _ABSENT), given_view.get(k, _ABSENT))]
                 if len(details) > _MAX_DIFFS:
                     details = details[:_MAX_DIFFS] + [f"{len(details) - _MAX_DIFFS} more"]
                 raise StoreMismatchError(
