@@ -381,3 +381,13 @@ def test_settings_mismatch_names_only_the_differing_key_and_overwrite(work):
     result = run_case(work, Case(["extract", "imgs", "--weights", "ckpt.pt", "--out", "f.h5", *low, "top_k=100"], (2,),
                                  ("config.top_k", "--overwrite")))
     assert "reliability_threshold" not in result.output  # not the whole config
+
+
+@pytest.mark.parametrize("device", ["nonsense", "meta", "cuda:7"])
+def test_unusable_device_is_refused(work, device):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    run_case(work, Case(["extract", "imgs", "--weights", "ckpt.pt", "--device", device, "--out", "o.h5", *LOW], (2,),
+                        ("--device",)))

@@ -135,11 +135,33 @@ def load_model(preset: str, weights: str | None, settings: list[str], device: st
     from delfi.models.weights import WeightsError
 
     settings = list(settings) + ([f"weights={weights}"] if weights is not None else [])
+    check_device(device)
     try:
         config = resolve_config(preset, settings)
         return create(preset, device=device, **config_to_dict(config)), config
     except (WeightsError, CheckpointError, ConfigError) as exc:
         raise fail(str(exc)) from None
+
+
+def check_device(device: str) -> None:
+    """Exit 2 unless ``device`` names a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise fail(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type not in ("cuda", "mps", "xpu"):
+        raise fail(f"--device {device}: delfi runs on cpu, cuda, mps or xpu devices")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise fail(f"--device {device}: this PyTorch build or machine has no CUDA GPU; use --device cpu")
+    try:
+        torch.empty(1, device=parsed)
+    except (RuntimeError, AssertionError, AttributeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise fail(f"--device {device}: not usable here ({reason})") from None
 
 
 # --- outputs: never overwrite an input, never write into a place that cannot hold the output -------
