@@ -32,7 +32,7 @@ import numpy as np
 from delfi.datasets.evd import EVDError, list_pairs, load_pair
 from delfi.eval.homography import corner_error, pair_status, status_counts
 from delfi.eval.hpatches_run import Extractor, ensure_features
-from delfi.eval.results import check_outside, claim_run_dir, report_json, write_results
+from delfi.eval.results import check_outside, claim_run_dir, first_failure, report_json, write_results
 from delfi.match.nn import mutual_nn
 from delfi.types import Features
 
@@ -183,7 +183,7 @@ def run_evd(
             continue
         entries.append(entry)
     if not entries:
-        raise EVDError(f"{root}: no EVD pair can be evaluated: {_first(failures)}")
+        raise EVDError(f"{root}: no EVD pair can be evaluated: {first_failure(failures, 'no pairs')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     store_path = Path(features_path) if features_path is not None else run_dir / "features.h5"
     images = {}
@@ -214,7 +214,7 @@ def run_evd(
             if plot_matches is not None:
                 drawings.append((e, f1, f2, verified, result.corner_error))
     if not results:
-        raise EVDError(f"{root}: no EVD pair could be evaluated: {_first(failures)}")
+        raise EVDError(f"{root}: no EVD pair could be evaluated: {first_failure(failures, 'no pairs')}")
 
     config = {
         "method": method,
@@ -240,13 +240,6 @@ def run_evd(
         except Exception as error:  # noqa: BLE001 - a picture must never cost the benchmark
             warnings.warn(f"EVD pair {e.name}: match picture not drawn ({type(error).__name__}: {error})", stacklevel=2)
     return report
-
-
-def _first(failures: list[tuple[str, str]]) -> str:
-    if not failures:
-        return "no pairs"
-    name, why = failures[0]
-    return f"{name}: {why}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
 
 
 def _evaluate_pair(e, H: np.ndarray, f1: Features, f2: Features, verify, threshold, seed, success_px, backend):

@@ -60,7 +60,7 @@ from delfi.eval.hpatches import (
     pair_homography,
     save_cache,
 )
-from delfi.eval.results import check_outside, claim_run_dir, report_json, write_results
+from delfi.eval.results import check_outside, claim_run_dir, first_failure, report_json, write_results
 from delfi.types import Features
 
 __all__ = [
@@ -467,7 +467,7 @@ def run_hpatches(
     failures = [(seq, problems[seq]) for seq in seqs if seq in problems]
     seqs = [seq for seq in seqs if seq not in problems]
     if not seqs:
-        raise HPatchesError(f"{root}: no usable sequence: {_first(failures)}")
+        raise HPatchesError(f"{root}: no usable sequence: {first_failure(failures, 'nothing to evaluate')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     store_path = Path(features_path) if features_path is not None else run_dir / "features.h5"
     images = {feature_name(s, k): image_path(root, s, k, must_exist=False) for s in seqs for k in IMAGE_INDICES}
@@ -479,7 +479,7 @@ def run_hpatches(
             failures.append((seq, reasons[0] + (f" (+{len(reasons) - 1} more images)" if len(reasons) > 1 else "")))
             seqs.remove(seq)
     if not seqs:
-        raise HPatchesError(f"{root}: no sequence could be evaluated: {_first(failures)}")
+        raise HPatchesError(f"{root}: no sequence could be evaluated: {first_failure(failures, 'nothing to evaluate')}")
 
     records: list[PairRecord] = []
     with FeatureStore(store_path, "r") as store:
@@ -549,13 +549,6 @@ def sequence_problem(root: Path, seq: str, convention: str = "raw") -> str | Non
         except (HPatchesError, OSError, UnicodeDecodeError, ValueError) as error:
             return str(error)
     return None
-
-
-def _first(failures: list[tuple[str, str]]) -> str:
-    if not failures:
-        return "nothing to evaluate"
-    seq, why = failures[0]
-    return f"{seq}: {why}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
 
 
 def _image_size(path: Path) -> tuple[int, int]:

@@ -152,3 +152,11 @@ def check_outside(out: str | os.PathLike, root: str | os.PathLike, what: str = "
         raise ResultsConflictError(
             f"{out}: is inside the {what} folder {root}; results are not written into the data: choose another --out"
         )
+
+
+def first_failure(failures: list[tuple[str, str]], empty: str) -> str:
+    """``"<item>: <why> (and N more)"`` for the first of ``failures`` (``(item, reason)`` pairs), or ``empty``."""
+    if not failures:
+        return empty
+    item, why = failures[0]
+    return f"{item}: {why}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
