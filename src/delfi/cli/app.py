@@ -14,6 +14,7 @@ from delfi.cli import pca as pca_cli
 from delfi.cli import presets as presets_cli
 from delfi.cli import report as report_cli
 from delfi.cli import retrieve as retrieve_cli
+from delfi.cli import train as train_cli
 from delfi.cli import viz as viz_cli
 from delfi.cli import weights as weights_cli
 from delfi.cli.common import configure_logging
@@ -40,6 +41,7 @@ app.add_typer(retrieve_cli.index_app, name="index")
 app.command("search")(retrieve_cli.search_command)
 app.command("rerank")(retrieve_cli.rerank_command)
 app.command("report")(report_cli.report)
+app.add_typer(train_cli.app, name="train")
 
 
 def _version(value: bool) -> None:

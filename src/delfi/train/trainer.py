@@ -46,6 +46,22 @@ class RunFolderError(ValueError):
     """The output folder cannot be used (the message says why and what to do)."""
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def is_secondary_process() -> bool:
+    """Whether this process is a non-zero rank of a distributed run (Lightning's DDP launcher
+    re-runs the command in each child; torchrun / SLURM start every rank): such processes neither
+    check nor mark the run folder, nor write config.yaml (rank 0 does)."""
+    for name in RANK_VARIABLES:
+        try:
+            if int(os.environ.get(name, "0") or 0) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def is_run_folder(path: Path) -> bool:
     marker = Path(path) / RUN_MARKER
     try:
@@ -57,6 +73,9 @@ def is_run_folder(path: Path) -> bool:
 def prepare_run_folder(out: Path, *, resume: bool = False, overwrite: bool = False, method: str = "r2d2") -> Path:
     """Check and prepare ``out`` by the rules of the module docstring; returns it."""
     out = Path(out)
+    if is_secondary_process():
+        out.mkdir(parents=True, exist_ok=True)
+        return out
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out} is a file, not a folder: give a folder for the run")
     if out.is_dir() and any(out.iterdir()):
@@ -148,6 +167,24 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def check_trainer_settings(config: TrainConfig) -> None:
+    """Raise ValueError when Lightning refuses ``trainer.accelerator / devices / strategy /
+    num_nodes / precision`` on this machine (checked before any file is written)."""
+    import lightning.pytorch as pl
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    quiet_lightning()
+    t = config.trainer
+    try:
+        pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+                   precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError, TypeError, ImportError) as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"trainer settings (accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, "
+                         f"num_nodes={t.num_nodes}, precision={t.precision}): {message}") from None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -186,7 +223,8 @@ def train(
     out = Path(out)
     if data is None:
         data = load_training_data(config)
-    dump_config(config_dict(config), out / "config.yaml")
+    if not is_secondary_process():
+        dump_config(config_dict(config), out / "config.yaml")
     seed_everything(config.seed)
     provenance = {"data": data.provenance(config), "command": list(command if command is not None else sys.argv)}
     module = R2D2Module(config, provenance)
@@ -250,4 +288,4 @@ def train(
     )
 
 
-__all__ += ["ConfigError", "resolve_train_config", "resolve_checkpoint", "is_run_folder"]
+__all__ += ["check_trainer_settings", "ConfigError", "resolve_train_config", "resolve_checkpoint", "is_run_folder"]

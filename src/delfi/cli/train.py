@@ -1,0 +1,142 @@
+"""``delfi train``: train networks (``delfi train r2d2 ...``) with PyTorch Lightning.
+
+Output folder rules (``--out``): a new path or an empty folder becomes a run folder (marked by
+``delfi-run.json``); a folder with other files is refused; a run folder is refused unless
+``--resume`` continues it or ``--overwrite`` starts it again (removing only delfi's checkpoints,
+config.yaml and TensorBoard events there). ``--resume CKPT`` alone continues the run of CKPT in its
+folder with the config stored in the checkpoint (``key=value`` overrides on top, e.g. a larger
+``trainer.max_steps``). Exit codes: 0 done, 2 bad arguments / config / data (nothing trained).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from delfi.cli.common import fail, report_failures, stderr_console, summary_table
+
+app = typer.Typer(help="Train networks: R2D2 (and its loss variants) on homography pairs of any photos.",
+                  no_args_is_help=True)
+
+
+@app.callback()
+def train_group() -> None:
+    """Train networks with PyTorch Lightning (checkpoints, exact resume, TensorBoard logs)."""
+
+
+@app.command("r2d2")
+def r2d2(
+    settings: Optional[List[str]] = typer.Argument(
+        None, help="key=value overrides, e.g. loss.repeatability=jaccard trainer.max_steps=20000 trainer.precision=bf16-mixed"
+    ),
+    images: Optional[str] = typer.Option(None, "--images", help="Training photos: a folder (recursive), an image or a .txt list."),
+    val_images: Optional[str] = typer.Option(
+        None, "--val-images", help="Validation photos (default: a fixed 10% of --images held out by file-name hash)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Training preset (default r2d2: the official recipe) or a YAML file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoints, config.yaml, TensorBoard logs)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue exactly from a checkpoint (or a run folder's last.ckpt)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start an existing run folder again (its checkpoints and logs are removed)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data order, the pairs and the initialisation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train R2D2 on synthetic homography pairs of photos (official recipe by default)."""
+    from delfi.config import ConfigError
+    from delfi.train.trainer import (
+        RunFolderError,
+        checkpoint_train_config,
+        is_secondary_process,
+        prepare_run_folder,
+        resolve_checkpoint,
+    )
+
+    words = [str(w) for w in (settings or [])]
+    stray = [w for w in words if "=" not in w]
+    if stray:
+        raise fail(f"unexpected argument(s) {' '.join(stray)}: options are --images, --out ...; overrides look like key=value")
+    checkpoint = None
+    base = None
+    try:
+        if resume is not None:
+            if preset is not None:
+                raise fail("--preset cannot be combined with --resume: the run continues with the config in its checkpoint "
+                           "(change settings with key=value overrides)")
+            checkpoint = resolve_checkpoint(resume)
+            base = checkpoint_train_config(checkpoint)
+            out = out if out is not None else checkpoint.parent
+        elif out is None:
+            raise fail("give --out DIR (a new or empty folder for the run), or --resume CKPT to continue a run")
+        from delfi.train.config import resolve_train_config
+
+        options = {}
+        if images is not None:
+            options.setdefault("data", {})["images"] = images
+        if val_images is not None:
+            options.setdefault("data", {})["val_images"] = val_images
+        if seed is not None:
+            options["seed"] = seed
+        config = resolve_train_config(None if base else (preset or "r2d2"), words, ("options", options), base=base)
+    except (ConfigError, RunFolderError) as exc:
+        raise fail(str(exc)) from None
+    if config.data.images is None:
+        raise fail("no training images: give --images (a folder, an image file or a .txt list of photos)")
+    console = stderr_console()
+    if is_secondary_process():  # a DDP child re-running the command: rank 0 reports
+        from rich.console import Console
+
+        console = Console(stderr=True, quiet=True)
+    from delfi.train.data import load_training_data
+
+    try:
+        data = load_training_data(config)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if data.skipped:
+        report_failures(console, "unreadable images, skipped", ["image", "reason"], [(str(p), r) for p, r in data.skipped])
+    from delfi.train.trainer import check_trainer_settings
+
+    try:
+        check_trainer_settings(config)
+    except ValueError as exc:
+        raise fail(f"cannot train: {exc}") from None
+    try:
+        folder = prepare_run_folder(out, resume=checkpoint is not None, overwrite=overwrite)
+    except RunFolderError as exc:
+        raise fail(str(exc)) from None
+    val = f"{len(data.val.paths)} ({'held out of --images' if data.held_out else config.data.val_images}), {config.val.pairs} pairs" \
+        if data.val is not None else "none"
+    console.print(summary_table("delfi train r2d2", [
+        ("training images", f"{len(data.train)} from {config.data.images}"),
+        ("validation images", val),
+        ("loss", f"{config.loss.reliability.value} reliability + {config.loss.repeatability.value} repeatability N={config.loss.N} + peaky"),
+        ("steps", f"{config.trainer.max_steps} (batch {config.data.batch_size}, {config.data.crop_size} px, {config.trainer.precision})"),
+        ("run folder", str(folder) + (f" (resuming {checkpoint})" if checkpoint else "")),
+    ]))
+    from delfi.train.trainer import train
+
+    try:
+        result = train(config, folder, data=data, resume=checkpoint, command=["delfi", *sys.argv[1:]], progress=progress, console=console)
+    except ValueError as exc:  # e.g. Lightning's refusal of an accelerator / strategy this machine lacks
+        raise fail(f"cannot train: {str(exc).splitlines()[0]}") from None
+    except _misconfiguration() as exc:
+        raise fail(f"cannot train: {str(exc).splitlines()[0]}") from None
+    rows = [("steps", str(result.steps)), ("last checkpoint", str(result.last))]
+    if result.initial_metrics is not None:
+        rows.append(("val/mma@3 at start", f"{result.initial_metrics.get('mma@3', float('nan')):.3f}"))
+    if result.best is not None:
+        rows.append(("best checkpoint", f"{result.best} ({result.best_score:.3f})"))
+    if result.skipped_nan:
+        rows.append(("skipped steps (non-finite)", str(result.skipped_nan)))
+    rows.append(("logs", f"tensorboard --logdir {folder}"))
+    console.print(summary_table("done", rows))
+
+
+def _misconfiguration():
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        return MisconfigurationException
+    except ImportError:  # pragma: no cover
+        return ()
