@@ -1,4 +1,10 @@
-"""``delfi demo``: extract, match and score a synthetic image pair with a known homography."""
+"""``delfi demo``: retrieval and matching end to end on scikit-image's public-domain / CC0 photos.
+
+Offline and CPU only: the photos come from the installed scikit-image package, the weights from
+``--weights`` (a known name already downloaded, or any R2D2-family checkpoint file) or the preset.
+Everything goes into ``--out`` (see `delfi.demo.run` for the files); the summary table's numbers
+are all measured in the run.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +13,61 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from delfi.cli.common import EXIT_FAILED, fail, load_model
+from delfi.cli.common import EXIT_USAGE, ProgressBar, fail, load_model
+
+DEMO_SETTINGS = ["top_k=1000"]
+"""Preset overrides of the demo (before the user's, which win): 1000 keypoints per image."""
 
 
 def demo(
     preset: str = typer.Option("r2d2", "--preset", "-p", help="Preset name or YAML file."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Known weights name or checkpoint path."),
-    out: Path = typer.Option(Path("delfi-demo"), "--out", "-o", help="Folder for the demo images and features."),
+    out: Path = typer.Option(Path("delfi-demo"), "--out", "-o",
+                             help="Folder for the demo's files (new, empty, or one made by the demo)."),
+    size: int = typer.Option(400, "--size", min=32, help="Longest side of the demo images in pixels."),
+    scenes: Optional[int] = typer.Option(None, "--scenes", min=1, help="Scene photos used (default: all 6)."),
+    views: int = typer.Option(3, "--views", min=1, help="Synthetic views of each scene in the database."),
+    distractors: Optional[int] = typer.Option(None, "--distractors", min=0, help="Distractor photos (default: all 6)."),
+    index: str = typer.Option("auto", "--index", help="auto (ASMK when installed, else VLAD), asmk or vlad."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic views (same seed, same run)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
 ) -> None:
-    """Make a synthetic photo pair, extract features, match them, and report how many are correct."""
-    import torch
-    from PIL import Image
-
-    from delfi.datasets.synthetic import random_homography, textured_image, warp_image
-    from delfi.eval.hpatches import pair_errors
-    from delfi.io.features import FeatureStore
-    from delfi.match import mutual_nn
+    """Build a small retrieval set from sample photos, extract, index, search, rerank, evaluate,
+    draw matches and score maps, and write a self-contained report.html."""
+    from delfi.config import ConfigError, config_to_dict
+    from delfi.demo.photos import MissingSkimageError, data_dir
+    from delfi.demo.run import DemoFolderError, DemoOptions, asmk_available, claim_folder, run_demo
+    from delfi.demo.summary import summary_table
     from delfi.models import resolve_config
     from delfi.models.weights import WeightsError, resolve_weights
 
+    if index not in ("auto", "asmk", "vlad"):
+        raise fail(f"--index {index!r}: choose auto, asmk or vlad")
+    if index == "asmk" and not asmk_available():
+        raise fail('--index asmk needs the asmk and faiss packages: pip install "delfi[asmk]" (or use --index vlad)')
+    try:
+        data_dir()
+    except MissingSkimageError as exc:
+        raise fail(str(exc)) from None
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} is a file: give a folder for the demo's files")
+    settings = DEMO_SETTINGS + list(overrides or [])
     try:  # the demo is the first thing a new user runs: say how to get the weights
-        resolve_weights(weights or resolve_config(preset).weights)
+        resolve_weights(weights or resolve_config(preset, settings).weights)
     except WeightsError as exc:
-        raise fail(f"{exc}\nThe demo needs weights: `delfi weights download r2d2-wasf-n16` or --weights PATH.", EXIT_FAILED) from None
-    model, _ = load_model(preset, weights, list(overrides or []))
-    out.mkdir(parents=True, exist_ok=True)
-    first = textured_image(640, 480, seed=1)
-    homography = random_homography(640, 480, seed=2)
-    second = warp_image(first, homography)
-    images = {"first.png": first, "second.png": second}
+        raise fail(f"{exc}\nThe demo needs weights: --weights PATH (any R2D2-family checkpoint) or "
+                   "`delfi weights download NAME` on a machine with a network.", EXIT_USAGE) from None
+    except ConfigError:  # a bad preset or override: load_model below names it
+        pass
+    model, config = load_model(preset, weights, settings)
+    try:
+        claim_folder(out)
+    except DemoFolderError as exc:
+        raise fail(str(exc)) from None
     console = Console()
-    with FeatureStore(out / "features.h5", "w", attrs={"model": model.family, "weights_sha256": model.weights_sha256 or "none", "config": {}}) as store:
-        for name, image in images.items():
-            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(out / name)
-            store.put(name, model.extract(image))
-    with FeatureStore(out / "features.h5") as store:
-        f0, f1 = store["first.png"], store["second.png"]
-    matches = mutual_nn(f0.descriptors, f1.descriptors)
-    errors = torch.as_tensor(pair_errors(f0.keypoints, f1.keypoints, matches.indices, homography))
-    table = Table(title=f"delfi demo ({preset}) -> {out}/", title_justify="left", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("features", f"{len(f0)} / {len(f1)}")
-    table.add_row("mutual nearest-neighbour matches", str(len(matches)))
-    for threshold in (1, 3, 5):
-        correct = (errors <= threshold).float().mean().item() if len(matches) else 0.0
-        table.add_row(f"correct within {threshold} px", f"{correct:.1%}")
-    console.print(table)
+    options = DemoOptions(size=size, scenes=scenes, views=views, distractors=distractors, seed=seed, index=index)
+    result = run_demo(model, config_to_dict(config), out, options, progress=ProgressBar,
+                      log=lambda text: console.print(text, highlight=False))
+    console.print(summary_table(result, f"delfi demo ({preset}, seed {seed}) -> {out}/"))
+    console.print(f"report: {result.files['report']}", highlight=False, soft_wrap=True)
