@@ -12,6 +12,7 @@ from delfi.models.checkpoints import (
     CheckpointError,
     load_checkpoint,
     load_r2d2_checkpoint,
+    load_torch_file,
     parse_r2d2_net_string,
     strip_prefix,
 )
@@ -227,7 +228,7 @@ def test_non_finite_parameters_are_refused_naming_the_tensor(tmp_path, bad):
 def test_integer_tensors_and_finite_weights_pass_the_finite_check(tmp_path):
     path = tmp_path / "ok.pt"
     torch.save({"steps": torch.arange(3), "w": torch.ones(2), "logs": [1.0, float("nan")]}, path)
-    assert load_checkpoint(path)["steps"].tolist() == [0, 1, 2]  # plain floats (logs) are not weights
+    assert load_torch_file(path)["steps"].tolist() == [0, 1, 2]  # plain floats (logs) are not weights
 
 
 def _mismatch_message(tmp_path, edit) -> str:
@@ -287,7 +288,7 @@ def test_defaultdict_training_logs_load(tmp_path):
     logs["ap"].append(0.5)
     path = tmp_path / "faster2d2.pt"
     torch.save(official_style_checkpoint("Fast_Quad_L2Net_ConfCFS()", "fast_quad_l2net", logs=logs, epoch=25), path)
-    raw = load_checkpoint(path)
+    raw = load_torch_file(path)
     assert raw["logs"] == {"loss": [1.5, 1.25], "ap": [0.5]}
     assert raw["epoch"] == 25
     args, state = load_r2d2_checkpoint(path)
@@ -298,7 +299,7 @@ def test_defaultdict_training_logs_load(tmp_path):
 def test_load_checkpoint_maps_to_cpu_and_keeps_tensors(tmp_path):
     path = tmp_path / "t.pt"
     torch.save({"a": torch.arange(3), "b": [1, 2.5, "x"], "c": (None, True)}, path)
-    data = load_checkpoint(path)
+    data = load_torch_file(path)
     assert data["a"].device.type == "cpu" and data["a"].tolist() == [0, 1, 2]
     assert data["b"] == [1, 2.5, "x"] and data["c"] == (None, True)
 

@@ -171,11 +171,10 @@ def _print_warnings(caught: list) -> None:
 def _read_boxes(bbox_file: Path | None, model, config):
     if bbox_file is None:
         return None
-    import inspect
-
     from delfi.extract.extractor import read_bbox_file
+    from delfi.models.capabilities import QUERY_BOXES, supports
 
-    if "bbox" not in inspect.signature(model.extract).parameters:
+    if not supports(model, QUERY_BOXES):
         raise fail(f"--bbox-file: the {config.model} extractor does not support query boxes")
     try:
         return read_bbox_file(bbox_file)

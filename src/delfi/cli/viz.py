@@ -144,7 +144,9 @@ def attention(
         model, config = load_model(preset, weights, list(overrides or []), device)
     for warning in caught:
         stderr_console().print(f"[yellow]warning: {escape(str(warning.message))}[/yellow]", soft_wrap=True, highlight=False)
-    if not hasattr(model, "attention_maps"):
+    from delfi.models.capabilities import ATTENTION_MAPS, supports
+
+    if not supports(model, ATTENTION_MAPS):
         raise fail(f"the {config.model} extractor has no attention maps (use a delf or delg preset)")
     untrained = bool(getattr(model, "untrained", False))
     levels = model.attention_maps(picture)

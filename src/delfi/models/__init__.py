@@ -5,6 +5,10 @@
 ['faster2d2', 'r2d2', 'r2d2-large', 'r2d2-n8-big']
 >>> model = delfi.models.create("r2d2", weights="r2d2-wasf-n16", top_k=2000)   # doctest: +SKIP
 >>> features = model.extract("photo.jpg")                      # doctest: +SKIP
+
+Each extractor runs a trainable network (``model.network``: `networks.R2D2Net`, `networks.DELFNet`,
+`networks.DELGNet`), declares what it can do (``model.capabilities``, `supports`), and loads any
+checkpoint of `checkpoints` (delfi, Lightning, official R2D2), whose network settings it adopts.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from importlib import import_module
 from typing import Any, Mapping, Sequence
 
 from delfi.config import ConfigError, build_config, load_preset, parse_overrides, preset_names
+from delfi.models.capabilities import supports  # noqa: F401 - public: `delfi.models.supports(model, "global")`
 
 class RandomWeightsWarning(UserWarning):
     """A model was built for extraction without trained weights: its features mean nothing."""
@@ -82,22 +87,58 @@ def create(
     if weights is not None:
         overrides["weights"] = str(weights)
     config = resolve_config(preset, overrides)
-    model_class, _ = family_classes(config.model)
-    model = model_class(config)
     from delfi.models.weights import resolve_weights
 
-    if load and getattr(config, "backbone_weights", None):
-        path = resolve_weights(config.backbone_weights)[0]
-        model.load_backbone(path)
-        check_finite(model, path)
+    checkpoint = path = None
     if load and config.weights:
+        from delfi.models.checkpoints import load_checkpoint
+
         path = resolve_weights(config.weights)[0]
-        model.load_weights(path)
+        checkpoint = load_checkpoint(path).require_family(config.model)
+        config = _checkpoint_config(preset, overrides, config, checkpoint)
+    model_class, _ = family_classes(config.model)
+    model = model_class(config)
+    if load and getattr(config, "backbone_weights", None):
+        backbone = resolve_weights(config.backbone_weights)[0]
+        model.load_backbone(backbone)
+        check_finite(model, backbone)
+    if checkpoint is not None:
+        model.load_weights(path, checkpoint=checkpoint)
         check_finite(model, path)
     model.untrained = not (load and config.weights)
     if load and model.untrained:
         warnings.warn(RandomWeightsWarning(_untrained_message(config)), stacklevel=2)
     return model.to(device)
+
+
+def _checkpoint_config(preset: Any, overrides: Mapping[str, Any], config: Any, checkpoint: Any) -> Any:
+    """``config`` with the network architecture of ``checkpoint`` (e.g. ``mchan`` of a trained R2D2).
+
+    A setting counts as the user's when ``overrides`` gives it a value other than the preset's; such
+    a setting that contradicts the checkpoint is refused (`CheckpointError` naming the file).
+    """
+    from delfi.config import config_to_dict
+    from delfi.models.checkpoints import CheckpointError
+    from delfi.models.networks import network_class, same_setting
+
+    keys = [k for k in network_class(config.model).config_keys if k in checkpoint.config]
+    base = config_to_dict(resolve_config(preset, {"model": config.model}))
+    given = config_to_dict(config)
+    explicit = {k for k in keys if k in overrides and not same_setting(config.model, k, given[k], base[k])}
+    clash = [f"{k}={given[k]!r} (the checkpoint has {checkpoint.config[k]!r})" for k in sorted(explicit)
+             if not same_setting(config.model, k, given[k], checkpoint.config[k])]  # fmt: skip
+    if clash:
+        raise CheckpointError(
+            f"{checkpoint.path}: the settings {', '.join(clash)} contradict the checkpoint's network: "
+            "leave them out to use the checkpoint's"
+        )
+    adopted = {k: checkpoint.config[k] for k in keys if not same_setting(config.model, k, given[k], checkpoint.config[k])}
+    if not adopted:
+        return config
+    try:
+        return resolve_config(preset, {**dict(overrides), **adopted})
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint.path}: its network settings are not valid: {exc}") from None
 
 
 def _untrained_message(config: Any) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Optional
 
 import torch
@@ -20,17 +19,15 @@ from torch import Tensor, nn
 
 from delfi.extract.delf import DELF_SCALES, crop_query, delf_select, limit_image_size, scaled_size, uncrop_keypoints
 from delfi.io.images import load_for_model
-from delfi.extract.receptive import TF_SUBSAMPLE_POOL, receptive_field
-from delfi.models.heads import AttentionHead
-from delfi.models.resnet import NORMALISATION, ResNet, load_imagenet_state_dict
+from delfi.models.capabilities import ATTENTION_MAPS, LOCAL, QUERY_BOXES, SCALES
+from delfi.models.checkpoints import CHECKPOINT_KEY, CheckpointInfo
+from delfi.models.modes import inference_method
+from delfi.models.networks import DELFNet, StrideIn
+from delfi.models.resnet import NORMALISATION, load_imagenet_state_dict
 from delfi.types import Features
 
-CHECKPOINT_KEY = "delfi"  # delfi checkpoints: {"delfi": {"family", "config", "normalisation"}, "state_dict": ...}
-
-
-class StrideIn(str, Enum):
-    torchvision = "3x3"  # stride on the 3x3 conv (torchvision v1.5)
-    slim = "1x1"  # stride on the first 1x1 conv (original / TF slim)
+__all__ = ["DELF", "DELFConfig", "DELFNet", "StrideIn", "AttentionBackbone", "CHECKPOINT_KEY", "save_delfi_checkpoint",
+           "load_delfi_checkpoint"]
 
 
 @dataclass
@@ -92,69 +89,103 @@ def validate_backbone(config: Any) -> None:
 
 
 def load_delfi_checkpoint(path: str | os.PathLike, family: str) -> tuple[dict, dict[str, Tensor]]:
-    """(metadata, state dict) of a delfi checkpoint of ``family``; tensors only, nothing executed."""
-    from delfi.models.checkpoints import CheckpointError, load_checkpoint
+    """(metadata, state dict) of a delfi checkpoint of ``family``; tensors only, nothing executed.
 
-    checkpoint = load_checkpoint(path)
-    meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    if not isinstance(meta, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not a delfi checkpoint (no '{CHECKPOINT_KEY}' metadata / 'state_dict')")
-    if meta.get("family") != family:
-        raise CheckpointError(f"{path}: a {meta.get('family')!r} checkpoint, expected {family!r}")
-    return meta, checkpoint["state_dict"]
+    Kept for earlier callers: `delfi.models.checkpoints.load_checkpoint` reads every kind.
+    """
+    from delfi.models.checkpoints import load_checkpoint
+
+    info = load_checkpoint(path).require_family(family)
+    meta = {"family": info.family, "config": info.config, "normalisation": info.normalisation, "provenance": info.provenance}
+    return meta, info.state_dict
 
 
-def save_delfi_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Save a DELF / DELG model with the metadata `load_weights` reads back."""
+def save_delfi_checkpoint(model: nn.Module, path: str | os.PathLike, provenance: dict | None = None) -> None:
+    """Save a DELF / DELG extractor's network with the metadata `load_weights` reads back
+    (`delfi.models.checkpoints.save_checkpoint`)."""
     from delfi.config import config_to_dict
+    from delfi.models.checkpoints import save_checkpoint
 
-    meta = {"family": model.family, "config": config_to_dict(model.config), "normalisation": model.normalisation_name}
-    torch.save({CHECKPOINT_KEY: meta, "state_dict": model.state_dict()}, path)
+    save_checkpoint(path, model.network, family=model.family, config=config_to_dict(model.config),
+                    normalisation=model.normalisation_name, provenance=provenance)  # fmt: skip
 
 
 class AttentionBackbone(nn.Module):
-    """Shared machinery of DELF and DELG: backbone, normalisation, pyramid, PCA, weights."""
+    """Shared machinery of DELF and DELG extractors: network, normalisation, pyramid, PCA, weights.
+
+    Built on a given ``network`` (e.g. the one being trained), the extractor leaves its mode alone
+    (`extract` and `attention_maps` run it in eval and inference mode and restore each submodule's
+    mode); built without one, it makes its own, in eval mode. With ``channels_last`` the network's
+    4-d weights are put in the channels-last layout once, here (values unchanged; loading weights
+    and moving devices keep the layout).
+    """
 
     family = "delf"
+    network_class: type[DELFNet] = DELFNet
+    capabilities = frozenset({LOCAL, SCALES, ATTENTION_MAPS, QUERY_BOXES})
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, network: DELFNet | None = None) -> None:
         super().__init__()
         self.config = config
-        self.backbone = ResNet(config.depth, StrideIn(config.stride_in).value, num_classes=None)
+        if network is None:
+            network = self.network_class.from_config(config).eval()
+        elif not isinstance(network, self.network_class):
+            raise TypeError(f"a {self.family} extractor runs on a {self.network_class.__name__}, got {type(network).__name__}")
+        elif not self.network_class.matches_config(network, config):
+            raise ValueError(f"the network {network.architecture()} does not match the {self.family} config "
+                             f"{self.network_class.architecture_of(config)}")  # fmt: skip
+        if config.channels_last:
+            network.to(memory_format=torch.channels_last)
+        self.network = network
         self.normalisation_name = config.normalisation
         self.weights_sha256: str | None = None
         self._pca = None
-        self._memory_format = torch.contiguous_format
-        self.eval()
+
+    @property
+    def backbone(self):
+        """The network's ResNet."""
+        return self.network.backbone
+
+    @property
+    def attention(self):
+        """The network's attention head."""
+        return self.network.attention
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def local_receptive_field(self):
-        pool = TF_SUBSAMPLE_POOL if self.config.extra_pool else None
-        return receptive_field(self.backbone, "layer3", extra_pool=pool)
+        return self.network.local_receptive_field()
 
     def layer3(self, features: dict[str, Tensor]) -> Tensor:
-        x = features["layer3"]
-        return x[:, :, ::2, ::2] if self.config.extra_pool else x
+        return self.network.layer3(features)
 
-    def load_weights(self, path: str | os.PathLike) -> "AttentionBackbone":
-        """Load a delfi checkpoint of this family (its normalisation metadata is adopted)."""
-        from delfi.models.checkpoints import load_state_dict_checked
+    def load_weights(self, path: str | os.PathLike, checkpoint: CheckpointInfo | None = None) -> "AttentionBackbone":
+        """Load a checkpoint of this family (delfi or Lightning; its normalisation is adopted).
+
+        ``checkpoint``: `load_checkpoint`'s reading of ``path`` when the caller has it already.
+        """
+        from delfi.models.checkpoints import CheckpointError, load_checkpoint, load_state_dict_checked
+        from delfi.models.networks import same_setting
         from delfi.models.weights import sha256_file
 
-        meta, state_dict = load_delfi_checkpoint(path, self.family)
-        load_state_dict_checked(self, state_dict, str(path))
-        self.normalisation_name = meta.get("normalisation", self.normalisation_name)
+        info = (checkpoint or load_checkpoint(path)).require_family(self.family)
+        own = self.network.architecture()
+        clash = [f"{k}={info.config[k]!r} (the config has {v!r})" for k, v in own.items()
+                 if k in info.config and not same_setting(self.family, k, info.config[k], v)]  # fmt: skip
+        if clash:
+            raise CheckpointError(f"{path}: checkpoint network does not match the config: {', '.join(clash)}")
+        load_state_dict_checked(self.network, info.state_dict, str(path))
+        self.normalisation_name = info.normalisation or self.normalisation_name
         self.weights_sha256 = sha256_file(path)
         return self
 
     def load_backbone(self, path: str | os.PathLike) -> "AttentionBackbone":
         """Load ImageNet weights (torchvision layout) into the backbone only."""
-        from delfi.models.checkpoints import load_checkpoint
+        from delfi.models.checkpoints import load_torch_file
 
-        load_imagenet_state_dict(self.backbone, load_checkpoint(path))
+        load_imagenet_state_dict(self.network.backbone, load_torch_file(path))
         return self
 
     def working_size(self, width: int, height: int) -> tuple[int, int] | None:
@@ -185,9 +216,6 @@ class AttentionBackbone(nn.Module):
         """Yield (scale, level size (w, h), {layer: (1, C, h, w)}) for each pyramid scale."""
         normalise = NORMALISATION[self.normalisation_name]
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        if self._memory_format != memory_format:  # converts the weights once (loading keeps the layout)
-            self.to(memory_format=memory_format)
-            self._memory_format = memory_format
         height, width = image.shape[-2:]
         for scale in scales:
             size = scaled_size(width, height, scale)
@@ -195,7 +223,7 @@ class AttentionBackbone(nn.Module):
                 image[None], (size[1], size[0]), mode="bilinear", align_corners=False
             )
             level = normalise(level).contiguous(memory_format=memory_format)  # TF: bilinear, no antialias
-            yield scale, size, self.backbone.forward_features(level, layers=layers)
+            yield scale, size, self.network.forward_features(level, layers=layers)
 
     def autocast(self):
         """bfloat16 autocast when configured (wraps backbone and heads; selection casts to float32)."""
@@ -225,17 +253,15 @@ class AttentionBackbone(nn.Module):
 
 
 class DELF(AttentionBackbone):
-    """DELF extractor: ResNet to ``layer3`` + attention head (softplus scores)."""
+    """DELF extractor on a `DELFNet` (ResNet to ``layer3`` + attention head, softplus scores)."""
 
     family = "delf"
+    network_class = DELFNet
 
-    def __init__(self, config: DELFConfig | None = None) -> None:
-        config = config or DELFConfig()
-        super().__init__(config)
-        self.attention = AttentionHead(1024, 512, batch_norm=config.attention_batch_norm)
-        self.eval()
+    def __init__(self, config: DELFConfig | None = None, network: DELFNet | None = None) -> None:
+        super().__init__(config or DELFConfig(), network)
 
-    @torch.inference_mode()
+    @inference_method
     def attention_maps(self, image: Any) -> list[tuple[float, Tensor]]:
         """(scale, attention (h, w)) per pyramid scale, for pictures."""
         limited, *_ = self.prepare(image)
@@ -245,7 +271,7 @@ class DELF(AttentionBackbone):
                 for scale, _, out in self.levels(limited, self.config.scales, ("layer3",))
             ]
 
-    @torch.inference_mode()
+    @inference_method
     def extract(self, image: Any, bbox: Optional[tuple[float, float, float, float]] = None) -> Features:
         """DELF features of one image (or of its ``bbox`` crop, keypoints in full-image pixels).
 

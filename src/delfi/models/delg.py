@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from delfi.extract.delf import DELF_SCALES, DELG_GLOBAL_SCALES, aggregate_global, delf_select
+from delfi.models.capabilities import GLOBAL, LOCAL
 from delfi.models.delf import AttentionBackbone, StrideIn, validate_backbone
-from delfi.models.heads import AttentionHead, Autoencoder, GeM, Whitening
+from delfi.models.modes import inference_method
+from delfi.models.networks import DELGNet
 from delfi.types import Features
+
+__all__ = ["DELG", "DELGConfig", "DELGNet"]
 
 
 @dataclass
@@ -73,34 +77,36 @@ class DELGConfig:
 
 
 class DELG(AttentionBackbone):
-    """DELG extractor: global GeM + whitening on ``layer4``, local autoencoder + attention on ``layer3``."""
+    """DELG extractor on a `DELGNet`: global GeM + whitening on ``layer4``, local autoencoder +
+    attention on ``layer3``."""
 
     family = "delg"
+    network_class = DELGNet
+    capabilities = AttentionBackbone.capabilities | {GLOBAL}
 
-    def __init__(self, config: DELGConfig | None = None) -> None:
+    def __init__(self, config: DELGConfig | None = None, network: DELGNet | None = None) -> None:
         config = config or DELGConfig()
-        super().__init__(config)
-        if config.autoencoder:
-            self.autoencoder = Autoencoder(1024, config.local_dim)
-        else:
-            self.reduction = nn.Conv2d(1024, config.local_dim, kernel_size=1)
-        self.attention = AttentionHead(1024, 512, batch_norm=config.attention_batch_norm)
-        self.gem = GeM(config.gem_p, learnable=config.gem_learnable)
-        self.whitening = Whitening(2048, config.global_dim, bias=True, normalize=True)
-        self.eval()
+        super().__init__(config, network)
+        if not config.extract_global:
+            self.capabilities = self.capabilities - {GLOBAL}
+        if not config.extract_local:
+            self.capabilities = self.capabilities - {LOCAL}
+
+    def __getattr__(self, name: str):
+        network = self.__dict__.get("_modules", {}).get("network")
+        if network is not None and name in ("autoencoder", "reduction", "gem", "whitening"):  # as before
+            return getattr(network, name)
+        return super().__getattr__(name)
 
     def local_outputs(self, layer3: Tensor) -> tuple[Tensor, Tensor]:
         """(attention (B, 1, h, w), local descriptor map (B, local_dim, h, w)) from ``layer3``."""
-        if self.config.autoencoder:
-            code, reconstruction = self.autoencoder(layer3)
-            return self.attention(reconstruction), code
-        return self.attention(layer3), self.reduction(layer3)
+        return self.network.local_outputs(layer3)
 
     def global_descriptor(self, layer4: Tensor) -> Tensor:
         """(B, global_dim) L2-normalised global descriptors from ``layer4`` (B, 2048, h, w)."""
-        return self.whitening(self.gem(layer4))
+        return self.network.global_descriptor(layer4)
 
-    @torch.inference_mode()
+    @inference_method
     def attention_maps(self, image: Any) -> list[tuple[float, Tensor]]:
         """(scale, attention (h, w)) per local pyramid scale, for pictures."""
         limited, *_ = self.prepare(image)
@@ -110,7 +116,7 @@ class DELG(AttentionBackbone):
                 for scale, _, out in self.levels(limited, self.config.scales, ("layer3",))
             ]
 
-    @torch.inference_mode()
+    @inference_method
     def extract(self, image: Any, bbox: Optional[tuple[float, float, float, float]] = None) -> Features:
         """DELG local + global features of one image (or its ``bbox`` crop; keypoints in full-image pixels).
 

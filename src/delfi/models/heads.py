@@ -59,9 +59,13 @@ class AttentionHead(nn.Module):
         self.bn = nn.BatchNorm2d(self.hidden) if self.batch_norm else nn.Identity()
         self.conv2 = nn.Conv2d(self.hidden, 1, kernel_size=1)
 
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) features -> (B, 1, H, W) attention logits (before the softplus)."""
+        return self.conv2(F.relu(self.bn(self.conv1(x))))
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) features -> (B, 1, H, W) attention scores >= 0."""
-        return F.softplus(self.conv2(F.relu(self.bn(self.conv1(x)))))
+        return F.softplus(self.logits(x))
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, hidden={self.hidden}, batch_norm={self.batch_norm}"

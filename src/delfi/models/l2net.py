@@ -12,7 +12,10 @@ Architectures (``arch``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -94,8 +97,14 @@ class R2D2Net(nn.Module):
     ``reliability`` (B, 1, H, W) and ``repeatability`` (B, 1, H, W), both in (0, 1).
     """
 
+    family = "r2d2"
+    config_keys: tuple[str, ...] = ("arch", "mchan", "dim")
+    """The constructor settings (R2D2 config keys) that fix the parameters: what a checkpoint stores."""
+    outputs: tuple[str, ...] = ("descriptors", "reliability", "repeatability")
+
     def __init__(self, arch: str = "quad_l2net", mchan: int = 4, dim: int = 128) -> None:
         super().__init__()
+        arch = arch.value if isinstance(arch, Enum) else arch
         self.arch, self.mchan, self.dim = arch, mchan, dim
         self.specs = layer_specs(arch, mchan, dim)
         ops: list[nn.Module] = []
@@ -120,6 +129,20 @@ class R2D2Net(nn.Module):
         self.ops = nn.ModuleList(ops)
         self.clf = nn.Conv2d(dim, 2, kernel_size=1)  # reliability
         self.sal = nn.Conv2d(dim, 1, kernel_size=1)  # repeatability
+
+    @classmethod
+    def from_config(cls, config: Any) -> "R2D2Net":
+        """The network of an R2D2 config (dataclass or dict with ``arch``, ``mchan``, ``dim``)."""
+        defaults = {"arch": "quad_l2net", "mchan": 4, "dim": 128}
+        if isinstance(config, Mapping):
+            values = {key: config.get(key, default) for key, default in defaults.items()}
+        else:
+            values = {key: getattr(config, key, default) for key, default in defaults.items()}
+        return cls(values["arch"], int(values["mchan"]), int(values["dim"]))
+
+    def architecture(self) -> dict[str, Any]:
+        """The settings that rebuild this network (`config_keys`)."""
+        return {"arch": self.arch, "mchan": self.mchan, "dim": self.dim}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """`nn.Module.load_state_dict`, with a clear `CheckpointError` instead of torch's errors.

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from delfi.extract.detect import r2d2_keypoint_mask
 from delfi.models.l2net import R2D2Net, receptive_radius
+from delfi.models.modes import evaluating
 
 
 @dataclass
@@ -52,7 +53,9 @@ class L2NetInference:
     """Runs an `R2D2Net` level by level, with the speed options above.
 
     Args:
-        net: the network (its weights are read at construction; rebuild after loading new ones).
+        net: the network (its weights are read at construction when fused: rebuild after they change,
+            as `delfi.models.r2d2.R2D2.runner` does). Its mode is left alone: `detect` runs it in
+            eval mode and gives every submodule its previous mode back.
         fuse_batchnorm: fold BN into convs.
         channels_last: use the channels-last layout.
         precision: "float32" or "bfloat16" for the convolution body.
@@ -70,7 +73,7 @@ class L2NetInference:
     ) -> None:
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
-        self.net = net.eval()
+        self.net = net
         self.fuse = fuse_batchnorm or precision == "bfloat16"
         self.channels_last = channels_last
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
@@ -142,6 +145,10 @@ class L2NetInference:
         Returns:
             `LevelDetections` in row-major order of (y, x).
         """
+        with evaluating(self.net):
+            return self._detect(image, reliability_threshold, repeatability_threshold)
+
+    def _detect(self, image: Tensor, reliability_threshold: float, repeatability_threshold: float) -> LevelDetections:
         height, width = image.shape[-2:]
         strips = 1 if self.tile_pixels <= 0 else -(-height * width // self.tile_pixels)
         if strips <= 1:

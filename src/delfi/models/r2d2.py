@@ -19,9 +19,11 @@ from torch import Tensor, nn
 
 from delfi.extract.detect import top_k_indices
 from delfi.extract.pyramid import iterate_levels, level_factors, r2d2_levels
-from delfi.models.checkpoints import CheckpointError, load_r2d2_checkpoint
+from delfi.models.capabilities import LOCAL, SCALES
+from delfi.models.checkpoints import CheckpointError, CheckpointInfo, load_checkpoint
 from delfi.models.l2net import R2D2Net
 from delfi.models.l2net_inference import L2NetInference
+from delfi.models.modes import inference_method
 from delfi.io.images import load_for_model
 from delfi.types import Features, rescale_keypoints
 
@@ -104,39 +106,59 @@ class R2D2Config:
 
 
 class R2D2(nn.Module):
-    """An R2D2 extractor: network + the official multi-scale detection.
+    """An R2D2 extractor: an `R2D2Net` (``network``) + the official multi-scale detection.
 
     >>> model = R2D2(R2D2Config(weights="r2d2_WASF_N16.pt"))   # doctest: +SKIP
     >>> features = model.extract("image.jpg")                  # doctest: +SKIP
+
+    Built on a given ``network`` (e.g. the one being trained), the extractor leaves its mode alone
+    (`extract` runs it in eval and inference mode and restores each submodule's mode) and notices
+    when its weights change (an optimiser step, a loaded state dict): the fused inference runner is
+    rebuilt then. Built without one, it makes its own network, in eval mode.
     """
 
     family = "r2d2"
+    capabilities = frozenset({LOCAL, SCALES})
     input_mean = IMAGENET_MEAN
     input_std = IMAGENET_STD
 
-    def __init__(self, config: R2D2Config | None = None) -> None:
+    def __init__(self, config: R2D2Config | None = None, network: R2D2Net | None = None) -> None:
         super().__init__()
-        self.config = config or R2D2Config()
+        if config is None:
+            config = R2D2Config(**network.architecture()) if network is not None else R2D2Config()
+        self.config = config
         c = self.config
-        self.net = R2D2Net(Arch(c.arch).value, c.mchan, c.dim)
+        wanted = {"arch": Arch(c.arch).value, "mchan": c.mchan, "dim": c.dim}
+        if network is None:
+            network = R2D2Net(**wanted).eval()
+        elif network.architecture() != wanted:
+            raise ValueError(f"the network {network.architecture()} does not match the config {wanted}")
+        self.network = network
         self.weights_sha256: str | None = None
         self.weights_path: Path | None = None
         self.register_buffer("mean", torch.tensor(self.input_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.input_std).view(1, 3, 1, 1), persistent=False)
         self._runner: L2NetInference | None = None
-        self.eval()
+        self._runner_key: tuple | None = None
 
-    def load_weights(self, path: str | os.PathLike) -> "R2D2":
-        """Load an official (or delfi-saved) R2D2 checkpoint; the architecture must match."""
+    @property
+    def net(self) -> R2D2Net:
+        """The network (`network`; the name of earlier delfi versions)."""
+        return self.network
+
+    def load_weights(self, path: str | os.PathLike, checkpoint: CheckpointInfo | None = None) -> "R2D2":
+        """Load an R2D2 checkpoint (official, delfi or Lightning); the architecture must match.
+
+        ``checkpoint``: `load_checkpoint`'s reading of ``path`` when the caller has it already.
+        """
         from delfi.models.weights import sha256_file
 
-        args, state_dict = load_r2d2_checkpoint(path)
-        c = self.config
-        wanted = {"arch": Arch(c.arch).value, "mchan": c.mchan, "dim": c.dim}
-        found = {**{"mchan": 4, "dim": 128}, **args}
+        info = (checkpoint or load_checkpoint(path)).require_family("r2d2")
+        wanted = self.network.architecture()
+        found = {key: info.config.get(key) for key in wanted}
         if found != wanted:
             raise CheckpointError(f"{path}: checkpoint network {found} does not match the config {wanted}")
-        missing, unexpected = self.net.load_state_dict(state_dict, strict=False)
+        missing, unexpected = self.network.load_state_dict(info.state_dict, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{path}: state dict mismatch (missing {missing}, unexpected {unexpected})")
         self.weights_path, self.weights_sha256 = Path(path), sha256_file(path)
@@ -151,16 +173,31 @@ class R2D2(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    def _weights_key(self) -> tuple | None:
+        """Identity and version of every parameter and buffer: changes with any update in place
+        (optimiser step, ``load_state_dict``, batch-norm statistics) or any replacement."""
+        key = []
+        for tensor in (*self.network.parameters(), *self.network.buffers()):
+            try:
+                version = tensor._version
+            except RuntimeError:  # an inference tensor tracks no version: never reuse the runner
+                return None
+            key.append((id(tensor), tensor.data_ptr(), version))
+        return tuple(key)
+
     def runner(self) -> L2NetInference:
-        if self._runner is None:
+        """The inference runner of the network's current weights (rebuilt when they changed)."""
+        key = self._weights_key()
+        if self._runner is None or key is None or key != self._runner_key:
             c = self.config
             self._runner = L2NetInference(
-                self.net,
+                self.network,
                 fuse_batchnorm=c.fuse_batchnorm,
                 channels_last=c.channels_last,
                 precision=Precision(c.precision).value,
                 tile_pixels=c.tile_pixels,
             )
+            self._runner_key = key
         return self._runner
 
     def levels(self, width: int, height: int):
@@ -180,7 +217,7 @@ class R2D2(nn.Module):
         """(3, H, W) RGB in [0, 1] -> (1, 3, H, W) ImageNet-normalised."""
         return ((image.to(self.device)[None] - self.mean) / self.std).float()
 
-    @torch.inference_mode()
+    @inference_method
     def extract(self, image: Any) -> Features:
         """Multi-scale R2D2 features of one image (path, PIL image, array or (3, H, W) tensor).
 
