@@ -138,3 +138,12 @@ def test_demo_with_the_official_weights_finds_every_scene(shared_data, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["after_rerank"]["recall@1"] == 100.0
     assert summary["mma"]["3"] > 0.5
+
+
+def test_demo_vlad_index_without_asmk(tmp_path, checkpoint):
+    out = tmp_path / "demo"
+    result = invoke("demo", "--weights", checkpoint, "--out", out, "--index", "vlad", "--size", "64", "--scenes", "1",
+                    "--views", "1", "--distractors", "1", *LOW)
+    assert result.exit_code == 0, result.output
+    assert "vlad (" in result.output and (out / "index" / "vlad_codebook.npy").is_file()
+    assert invoke("demo", "--out", tmp_path / "x", "--index", "bow").exit_code == 2

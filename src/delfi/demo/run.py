@@ -362,7 +362,7 @@ def _score_map(model: Any, demo: DemoSet, folder: Path) -> Path:
     query = demo.queries[0]
     rgb = np.asarray(Image.open(demo.path(query)).convert("RGB"))
     reliability, repeatability = dense_maps(model, rgb)
-    return plot_score_maps(rgb, reliability, repeatability, folder / f"{_picture_name(query, query)[:-4].split('--')[0]}.png",
+    return plot_score_maps(rgb, reliability, repeatability, folder / (query.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".png"),
                            title=f"{query}: dense network outputs at {rgb.shape[1]}x{rgb.shape[0]}")
 
 
