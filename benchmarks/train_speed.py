@@ -6,8 +6,8 @@ cosim repeatability N=16 + peaky N=16 with the official sampler), backward and A
 weight decay 5e-4). Each mode runs in its own subprocess, so peak RSS is that mode's alone:
 
 - ``float32``: everything in float32;
-- ``bf16``: the network under ``torch.autocast(bfloat16)`` (as Lightning's ``bf16-mixed``; the
-  loss functions compute in float32 themselves).
+- ``bf16``: the network under ``torch.autocast(bfloat16)`` in channels-last layout (as the trainer
+  with Lightning's ``bf16-mixed``; the loss functions compute in float32 themselves).
 
 Per mode: seconds per whole step (median of ``--steps`` after ``--warmup``), and the split
 ``network_fwd_bwd`` (both forward passes + backward of a trivial loss) vs ``loss_fwd_bwd`` (the
@@ -69,6 +69,9 @@ def run_mode(mode: str, args) -> dict:
     loss_fn = R2D2Loss()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=5e-4)
     im1, im2, flow, mask = _batch(args.batch, args.crop, device)
+    if mode == "bf16":  # as the trainer (delfi.train.module.uses_channels_last): channels-last with bf16
+        net = net.to(memory_format=torch.channels_last)
+        im1, im2 = (im.contiguous(memory_format=torch.channels_last) for im in (im1, im2))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=(mode == "bf16"))
 
     def step():

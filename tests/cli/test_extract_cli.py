@@ -121,21 +121,6 @@ def test_killed_run_loses_nothing(tmp_path, checkpoint):
             assert torch.allclose(a.descriptors, b.descriptors)
 
 
-def test_demo_reports_matches_on_a_synthetic_pair(tmp_path, checkpoint):
-    result = invoke("demo", "--weights", checkpoint, "--out", tmp_path / "demo", *LOW)
-    assert result.exit_code == 0, result.output
-    assert "mutual nearest-neighbour matches" in result.output and "correct within 3 px" in result.output
-    assert (tmp_path / "demo" / "first.png").is_file() and (tmp_path / "demo" / "second.png").is_file()
-    with FeatureStore(tmp_path / "demo" / "features.h5") as store:
-        assert store.names() == ["first.png", "second.png"]
-
-
-def test_demo_without_weights_says_how_to_get_them(tmp_path):
-    result = invoke("demo", "--out", tmp_path / "demo")
-    assert result.exit_code == 1
-    assert "delfi weights download r2d2-wasf-n16" in result.output
-
-
 # ---------------------------------------------------------------- user-trial faults
 
 

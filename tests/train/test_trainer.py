@@ -305,3 +305,26 @@ def test_run_folder_rules(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert prepare_run_folder(empty) == empty
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainer.precision=32-true"], False),
+    (["trainer.precision=bf16-mixed"], True),
+    (["trainer.precision=bf16-mixed", "net.channels_last=false"], False),
+    (["trainer.precision=32-true", "net.channels_last=true"], True),
+])
+def test_network_layout_follows_the_precision(overrides, expected):
+    """Channels-last with bf16 (faster there), NCHW in float32 (faster there); the layout never
+    changes the outputs beyond bf16 rounding."""
+    from delfi.train.module import R2D2Module, uses_channels_last
+
+    config = resolve_train_config("r2d2", [*overrides, "net.mchan=1", "net.dim=16"])
+    assert uses_channels_last(config) is expected
+    module = R2D2Module(config)
+    weight = next(p for p in module.net.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last) is expected or weight.shape[-1] == 1
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference = R2D2Module(resolve_train_config("r2d2", ["net.mchan=1", "net.dim=16", "net.channels_last=false"]))
+    reference.net.load_state_dict(module.net.state_dict())
+    out, ref = module(images), reference(images)
+    assert torch.allclose(out["descriptors"], ref["descriptors"], atol=1e-5)

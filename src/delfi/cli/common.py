@@ -138,7 +138,8 @@ def load_model(preset: str, weights: str | None, settings: list[str], device: st
     check_device(device)
     try:
         config = resolve_config(preset, settings)
-        return create(preset, device=device, **config_to_dict(config)), config
+        model = create(preset, device=device, **config_to_dict(config))
+        return model, getattr(model, "config", config)  # the model's: a checkpoint may set its architecture
     except (WeightsError, CheckpointError, ConfigError) as exc:
         raise fail(str(exc)) from None
 

@@ -68,6 +68,7 @@ class NetSection:
     arch: Arch = Arch.quad_l2net
     mchan: int = 4
     dim: int = 128
+    channels_last: Optional[bool] = None  # None: channels-last with bf16 precision (oneDNN / tensor cores), else NCHW
 
 
 @dataclass

@@ -29,7 +29,7 @@ from delfi.train.config import TrainConfig, config_dict, loss_config
 from delfi.train.losses.r2d2 import R2D2Loss
 from delfi.train.validation import IMAGENET_MEAN, IMAGENET_STD, THRESHOLDS, evaluate_pairs, pair_precisions, summarise, threshold_name
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "R2D2Module", "network_config", "step_seed"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "R2D2Module", "network_config", "step_seed", "uses_channels_last"]
 
 CHECKPOINT_FORMAT = "delfi-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -38,6 +38,15 @@ CHECKPOINT_FORMAT_VERSION = 1
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """The seed of the loss sampler's generator at a training step."""
     return int(np.random.SeedSequence([seed, step, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def uses_channels_last(config: TrainConfig) -> bool:
+    """Whether the network trains in channels-last layout: ``net.channels_last``, by default only
+    with bf16 precision (measured on a 2-core AVX-512 / AMX CPU, batch 8 pairs of 192 px: bf16
+    network forward + backward 9.3 s NCHW -> 7.5 s channels-last; float32 23.7 s NCHW -> 31.3 s)."""
+    if config.net.channels_last is not None:
+        return bool(config.net.channels_last)
+    return str(config.trainer.precision).startswith("bf16")
 
 
 def network_config(config: TrainConfig) -> dict[str, Any]:
@@ -54,6 +63,9 @@ class R2D2Module(pl.LightningModule):
         self.config = config
         self.provenance = dict(provenance or {})
         self.net = R2D2Net(config.net.arch.value, config.net.mchan, config.net.dim)
+        self.channels_last = uses_channels_last(config)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.loss_fn = R2D2Loss(loss_config(config))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -69,7 +81,8 @@ class R2D2Module(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """[0, 1] RGB images (B, 3, H, W) -> the network's dense outputs."""
-        return self.net((images - self.mean.to(images.dtype)) / self.std.to(images.dtype))
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        return self.net(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
     def loss_generator(self) -> torch.Generator:
         device = self.device if self.device.type in ("cuda", "cpu", "mps", "xpu") else torch.device("cpu")
