@@ -80,7 +80,7 @@ class DataSection:
     val_fraction: float = 0.1
     min_images: int = 2  # fewer usable training images: refused before training starts
     batch_size: int = 8
-    num_workers: int = 4
+    num_workers: Optional[int] = None  # loader processes; None: min(4, usable CPU cores - 1), 0 on one core
     crop_size: int = 192
     min_size: int = 256
     max_size: int = 1024
@@ -194,7 +194,7 @@ class TrainConfig:
             ("net.dim", self.net.dim, 2),
             ("data.batch_size", self.data.batch_size, 1),
             ("data.min_images", self.data.min_images, 1),
-            ("data.num_workers", self.data.num_workers, 0),
+            ("data.num_workers", 0 if self.data.num_workers is None else self.data.num_workers, 0),
             ("trainer.max_steps", self.trainer.max_steps, 1),
             ("trainer.num_nodes", self.trainer.num_nodes, 1),
             ("trainer.log_every_n_steps", self.trainer.log_every_n_steps, 1),
@@ -381,3 +381,14 @@ def loss_config(config: TrainConfig):
 
     values = config_dict(config)["loss"]
     return R2D2LossConfig.from_mapping(values)
+
+
+def loader_workers(config: TrainConfig) -> int:
+    """The number of data-loader processes: ``data.num_workers``, by default one fewer than the CPU
+    cores this process may use (the main process trains), at most 4."""
+    if config.data.num_workers is not None:
+        return int(config.data.num_workers)
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from delfi.train.config import TrainConfig, pair_config
+from delfi.train.config import TrainConfig, loader_workers, pair_config
 
 __all__ = ["EpochItems", "PairDataModule", "ResumableSampler", "TrainingData", "held_out_split", "load_training_data"]
 
@@ -249,7 +249,7 @@ class PairDataModule(_lightning_datamodule()):  # type: ignore[misc]
             EpochItems(self.data.train),
             batch_size=d.batch_size,
             sampler=sampler,
-            num_workers=d.num_workers,
+            num_workers=loader_workers(self.config),
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
