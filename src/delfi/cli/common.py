@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -227,34 +228,59 @@ def report_failures(
     shown: int = FAILURES_SHOWN,
 ) -> Path | None:
     """Print a short failures table (the first ``shown`` rows and a count) and, when there are more
-    rows than that and ``list_file`` is given, write all of them there (tab-separated, atomic).
+    rows than that and ``list_file`` is given, write all of them there (see `write_failure_list`).
 
-    Returns the path written, or None. The list file is delfi's own output (``<out>.failures.tsv``).
+    Returns the path written, or None.
     """
     if not rows:
         return None
-    table = failures_table(f"{title} ({len(rows)})", header, rows[:shown])
-    console.print(table)
-    written = None
-    if len(rows) > shown and list_file is not None:
-        written = write_failure_list(list_file, header, rows)
-    if len(rows) > shown:
-        where = f": all {len(rows)} in {written}" if written is not None else ""
-        console.print(f"... and {len(rows) - shown} more{where}", highlight=False, soft_wrap=True)
+    console.print(failures_table(f"{title} ({len(rows)})", header, rows[:shown]))
+    if len(rows) <= shown:
+        return None
+    written = write_failure_list(list_file, header, rows) if list_file is not None else None
+    where = f": all {len(rows)} in {written}" if written is not None else ""
+    console.print(f"... and {len(rows) - shown} more{where}", highlight=False, soft_wrap=True)
     return written
 
 
-def write_failure_list(path: Path, header: list[str], rows: list[tuple[str, ...]]) -> Path:
-    """Write ``rows`` as a tab-separated file with a ``#`` header line, atomically."""
+FAILURE_LIST_MARK = "# delfi failures: "
+"""The first line of every failure list starts so: only such a file is ever replaced."""
+
+
+def write_failure_list(path: Path, header: list[str], rows: list[tuple[str, ...]]) -> Path | None:
+    """Write ``rows`` tab-separated, after a ``# delfi failures: <header>`` line, atomically.
+
+    An existing file is replaced only when it is an earlier failure list (its first line); a file
+    delfi did not make, or a folder that cannot be written, gets a warning and no list (None).
+    """
     path = Path(path)
+    if path.exists() and not _is_failure_list(path):
+        stderr_console().print(f"[yellow]warning: {escape(str(path))} exists and is not a delfi failure list: "
+                               f"the full list was not written[/yellow]", soft_wrap=True, highlight=False)
+        return None
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     clean = (lambda s: str(s).replace("\t", " ").replace("\n", " "))
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("# " + "\t".join(header) + "\n")
-        for row in rows:
-            fh.write("\t".join(clean(v) for v in row) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(FAILURE_LIST_MARK + "\t".join(header) + "\n")
+            for row in rows:
+                fh.write("\t".join(clean(v) for v in row) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        stderr_console().print(f"[yellow]warning: the full list could not be written to {escape(str(path))} "
+                               f"({escape(exc.strerror or str(exc))})[/yellow]", soft_wrap=True, highlight=False)
+        return None
     return path
+
+
+def _is_failure_list(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.readline().startswith(FAILURE_LIST_MARK.encode())
+    except OSError:
+        return False
 
 
 def failure_list_path(out: Path) -> Path:

@@ -108,7 +108,8 @@ def _report_failures(what: str, rows: list[tuple[str, str]], run_dir: Path, root
         from delfi.cli.common import write_failure_list
 
         written = write_failure_list(run_dir / "failures.tsv", [what.rstrip("s"), "reason"], rows)
-        console.print(f"all {len(rows)} {what} left out: {written}", highlight=False, soft_wrap=True)
+        if written is not None:
+            console.print(f"all {len(rows)} {what} left out: {written}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_FAILED)
 
 
