@@ -623,3 +623,27 @@ def test_mismatch_message_is_short(tmp_path: Path) -> None:
     assert "model: stored 'delf', given 'r2d2'" in message and message.count("config.") == 3 and "; 29 more)" in message
     assert len(message) < 550
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]  # a refused open leaves nothing behind
+
+
+def test_reader_opening_during_a_commit_keeps_every_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader takes no lock: a commit that runs while it opens (here: right after it read the
+    committed file) moves entries from the journal into a newer file, never out of its view."""
+    path = tmp_path / "f.h5"
+    with FeatureStore(path, "w") as store:
+        store.put("old.jpg", make(0))
+    writer = FeatureStore(path, "a")
+    writer.put("new.jpg", make(1))
+    real = FeatureStore._read_file_index
+
+    def read_then_commit(self):
+        out = real(self)
+        if self.mode == "r":
+            writer.commit()  # merges new.jpg and deletes its journal file
+        return out
+
+    monkeypatch.setattr(FeatureStore, "_read_file_index", read_then_commit)
+    with FeatureStore(path, "r") as reader:
+        assert reader.names() == ["new.jpg", "old.jpg"]
+        monkeypatch.setattr(FeatureStore, "_read_file_index", real)
+        assert torch.equal(reader.get("new.jpg").keypoints, make(1).keypoints)
+    writer.close()

@@ -505,12 +505,14 @@ class JournaledH5Store:
         """Read the committed entries and attrs and the journal; drop (and with ``cleanup``, only ever
         under the commit lock, delete) journal files already merged. Returns the attrs (file attrs
         overlaid by the journal's)."""
+        # The journal is read before the committed file: a commit running meanwhile (readers hold no
+        # lock) then only moves entries from the journal read into a newer file, never out of both.
+        journal_attrs = self._read_attrs_json()
+        journal = self._scan_journal()
         self._committed = set()
         self._file_attrs = self._read_file_index() if self.path.exists() else {}
-        attrs = dict(self._file_attrs)
-        attrs.update(self._read_attrs_json())
-        self._journal = self._scan_journal(cleanup)
-        return attrs
+        self._journal = self._unmerged(journal, cleanup)
+        return {**self._file_attrs, **journal_attrs}
 
     def _read_file_index(self) -> dict[str, Any]:
         """The committed file's attrs (checked); fills ``self._committed``."""
@@ -597,8 +599,8 @@ class JournaledH5Store:
             return
         self._committed.add(name)
 
-    def _scan_journal(self, cleanup: bool) -> dict[str, tuple[Path, str]]:
-        """The valid, not yet merged journal files: group path -> (file, token)."""
+    def _scan_journal(self) -> dict[str, tuple[Path, str]]:
+        """The valid journal files: group path -> (file, token)."""
         journal: dict[str, tuple[Path, str]] = {}
         try:
             entries = sorted(os.listdir(self._journal_dir))
@@ -615,12 +617,20 @@ class JournaledH5Store:
             except _BadJournalFile as exc:
                 warnings.warn(f"ignoring journal file {path}: {exc} (left in place)", stacklevel=3)
                 continue
+            journal[name] = (path, token)
+        return journal
+
+    def _unmerged(self, journal: dict[str, tuple[Path, str]], cleanup: bool) -> dict[str, tuple[Path, str]]:
+        """``journal`` without the files already merged into the committed file (with ``cleanup``,
+        only ever under the commit lock, those files are deleted)."""
+        out = {}
+        for name, (path, token) in journal.items():
             if name in self._committed and self._committed_token(name) == token:
                 if cleanup:
                     path.unlink(missing_ok=True)
-                continue
-            journal[name] = (path, token)
-        return journal
+            else:
+                out[name] = (path, token)
+        return out
 
     def _check_journal_file(self, path: Path) -> tuple[str, str]:
         """``(group path, token)`` of a journal file whose headers are valid, else _BadJournalFile."""
