@@ -647,3 +647,22 @@ def test_reader_opening_during_a_commit_keeps_every_entry(tmp_path: Path, monkey
         monkeypatch.setattr(FeatureStore, "_read_file_index", real)
         assert torch.equal(reader.get("new.jpg").keypoints, make(1).keypoints)
     writer.close()
+
+
+def test_opening_spares_journal_temps_of_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers of one store in one process: opening the second must not delete the temp the
+    first is writing (journal temps are written outside the commit lock)."""
+    path = tmp_path / "f.h5"
+    first = FeatureStore(path, "w")
+    real = np.savez
+
+    def savez_then_open_another(fh, **arrays):
+        real(fh, **arrays)
+        FeatureStore(path, "a").close()  # opens (stale-temp cleanup) while the temp is not yet in place
+
+    monkeypatch.setattr(np, "savez", savez_then_open_another)
+    first.put("a.jpg", make(0))
+    monkeypatch.setattr(np, "savez", real)
+    first.close()
+    with FeatureStore(path) as store:
+        assert store.names() == ["a.jpg"]

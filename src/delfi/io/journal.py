@@ -121,11 +121,13 @@ class ArraySpec(NamedTuple):
         return len(self.shape)
 
 
-def _stale(pid: int) -> bool:
-    """Whether a temp file of process ``pid`` belongs to a process that is gone (or to this one: then
-    it is left from an earlier process with the same pid). Off posix, keep them all."""
+def _stale(pid: int, *, ours: bool) -> bool:
+    """Whether a temp file of process ``pid`` belongs to a process that is gone. With ``ours`` (a
+    temp this process only writes under the commit lock, which the caller holds), one of this
+    process counts as gone too: it is left from an earlier process with the same pid. Off posix,
+    keep them all."""
     if pid == os.getpid():
-        return True
+        return ours
     if os.name != "posix":
         return False
     try:
@@ -824,16 +826,18 @@ class JournaledH5Store:
             self._h5 = None
 
     def _remove_stale_temps(self) -> None:
-        """Delete temps of dead processes: exactly ``<name>.tmp-<pid>`` and journal ``.tmp-<pid>-<hex>``."""
+        """Delete temps of dead processes: exactly ``<name>.tmp-<pid>`` and journal ``.tmp-<pid>-<hex>``
+        (journal temps of this process are spared: another store object here may be writing one, as
+        `_put_record` writes them outside the commit lock)."""
         h5_temp = re.compile(re.escape(self.path.name) + r"\.tmp-(\d+)")
-        for folder, pattern in ((self.path.parent, h5_temp), (self._journal_dir, _JOURNAL_TMP)):
+        for folder, pattern, ours in ((self.path.parent, h5_temp, True), (self._journal_dir, _JOURNAL_TMP, False)):
             try:
                 entries = os.listdir(folder)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
                 match = pattern.fullmatch(entry)
-                if match and _stale(int(match.group(1))) and (folder / entry).is_file():
+                if match and _stale(int(match.group(1)), ours=ours) and (folder / entry).is_file():
                     (folder / entry).unlink(missing_ok=True)
 
 
