@@ -131,8 +131,6 @@ class ASMKIndex:
                                     "seed": seed})
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or int(dim) < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        if int(codebook_size) < 1:
-            raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
         for name, ma in (("multiple_assignment_db", multiple_assignment_db),
                          ("multiple_assignment_query", multiple_assignment_query)):
             if not 1 <= int(ma) <= int(codebook_size):

@@ -118,9 +118,6 @@ class GlobalIndex:
                                         "refine_type": refine_type, "seed": seed})
             if dim % m:
                 raise ValueError(f"m={m} PQ sub-vectors must divide the dimension {dim}")
-            if min(nlist, m, nbits, nprobe) < 1 or refine < 0 or refine_type not in _REFINE:
-                raise ValueError(f"invalid IVF-PQ settings nlist={nlist} m={m} nbits={nbits} nprobe={nprobe} "
-                                 f"refine={refine} refine_type={refine_type!r} (one of {tuple(_REFINE)})")  # fmt: skip
         self._dim, self._kind = int(dim), kind
         self.params = {"nlist": int(nlist), "m": int(m), "nbits": int(nbits), "nprobe": int(nprobe),
                        "refine": int(refine), "refine_type": refine_type, "seed": int(seed)}  # fmt: skip
