@@ -201,3 +201,19 @@ def test_features_of_different_models_are_refused_by_name(tmp_path, stores):
     ranking.write_text("q0 other1 0.9\n")
     result = invoke("rerank", "--ranking", ranking, "--query-features", other, "--db-features", db, "--out", tmp_path / "rr.txt")
     assert result.exit_code == 2 and "'q0' has 8-D descriptors but 'other1' 32-D" in result.output
+
+
+def test_search_and_rerank_never_overwrite_a_file_that_is_not_a_ranking(tmp_path, stores):
+    q, db, _ = stores
+    assert invoke("index", "build", "--features", db, "--out", tmp_path / "i").exit_code == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    result = invoke("search", "--index", tmp_path / "i", "--features", q, "--out", notes)
+    assert result.exit_code == 2 and "is not a delfi ranking" in result.output
+    assert notes.read_text() == "my notes\n"
+    ranking = tmp_path / "r.txt"
+    assert invoke("search", "--index", tmp_path / "i", "--features", q, "--out", ranking).exit_code == 0
+    assert invoke("search", "--index", tmp_path / "i", "--features", q, "--out", ranking).exit_code == 0  # ours: replaced
+    result = invoke("rerank", "--ranking", ranking, "--query-features", q, "--db-features", db, "--out", notes)
+    assert result.exit_code == 2 and "is not a delfi ranking" in result.output
+    assert notes.read_text() == "my notes\n"

@@ -136,6 +136,7 @@ def search_command(
     refuse_output_among_inputs(out, [index, features], "--out")
     _refuse_inside_index(out, index)
     prepare_output_file(out, "--out")
+    _check_ranking_replaceable(out)
     failures: list[tuple[str, str]] = []
     try:
         loaded = load_index(index)
@@ -187,6 +188,7 @@ def rerank_command(
     refuse_output_among_inputs(out, [ranking, query_features, db_features, exclude, matches], "--out")
     refuse_output_among_inputs(matches, [ranking, query_features, db_features, exclude], "--matches")
     prepare_output_file(out, "--out")
+    _check_ranking_replaceable(out)
     if matches is not None:
         prepare_output_file(matches, "--matches")
         _check_match_store_replaceable(matches)
@@ -230,6 +232,21 @@ def rerank_command(
     failed = [(n, report.failed.get(n, "not in the feature store")) for n in sorted(set(report.missing))]
     _report(failed, "images without usable features (left unverified)", out)
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _check_ranking_replaceable(path: Path) -> None:
+    """Exit 2 unless ``path`` is new or a ranking file delfi wrote (its first line is the header)."""
+    from delfi.io.rankings import HEADER
+
+    if not path.exists():
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline().rstrip("\n")
+    except OSError as exc:
+        raise fail(f"--out {path}: cannot read it ({exc.strerror or exc})") from None
+    if first != HEADER:
+        raise fail(f"--out {path} exists and is not a delfi ranking: refusing to overwrite it; choose another path")
 
 
 def _check_match_store_replaceable(path: Path) -> None:
