@@ -155,6 +155,9 @@ def test_is_pairs_file(tmp_path: Path) -> None:
     assert is_pairs_file(write(tmp_path / "p.txt", "# c\na b\nc d 0.5\n"))
     assert is_pairs_file(write(tmp_path / "empty.txt", ""))
     assert not is_pairs_file(write(tmp_path / "prose.txt", "my notes about images\n"))
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (2 << 20))  # no line break in the probed first MiB: not a pairs file
+    assert not is_pairs_file(big)
     assert not is_pairs_file(write(tmp_path / "list.txt", "q db1 db2 db3\n"))  # a list, not a pairs file
     assert not is_pairs_file(write(tmp_path / "words.txt", "a b notanumber\n"))
     (tmp_path / "bin").write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe")

@@ -97,7 +97,10 @@ def is_pairs_file(path: str | os.PathLike, probe_bytes: int = 1 << 20) -> bool:
     except OSError:
         return False
     if len(data) > probe_bytes:
-        data = data[: data.rfind(b"\n", 0, probe_bytes) + 1]  # whole lines only
+        end = data.rfind(b"\n", 0, probe_bytes)
+        if end < 0:  # no line in the whole probe: not a file of short text lines
+            return False
+        data = data[: end + 1]  # whole lines only
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
