@@ -20,8 +20,8 @@ import numpy as np
 from delfi.eval.results import (
     ResultsConflictError,
     check_outside,
-    claim_results,
     claim_run_dir,
+    mark_run_dir,
     results_benchmark,
     write_results,
 )
@@ -110,6 +110,7 @@ def run_vpr(
     check_outside(out, root, "place-recognition data")
     out = claim_run_dir(out, BENCHMARK, PRODUCTS)
     out.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(out, BENCHMARK)  # an interrupted run leaves a folder a rerun may use
     database, queries = store_names(base, db_paths), store_names(base, q_paths)
     positives = ground_truth(base, db_paths, q_paths, radius)
     q_store, db_store = out / "queries.h5", out / "db.h5"
@@ -231,10 +232,7 @@ def claim_sweep_dir(out: str | os.PathLike) -> Path:
     results = out / "results.json"
     if not out.is_dir() or results_benchmark(results) != BENCHMARK:
         raise ResultsConflictError(f"{out}: not a folder written by `delfi eval vpr` (no VPR {results}): run it first")
-    claim_results(out / "sweep.json", SWEEP)
-    if (out / "sweep.png").exists() and not (out / "sweep.json").exists():
-        raise ResultsConflictError(f"{out / 'sweep.png'}: exists but no delfi sweep.json does: not replaced")
-    return out
+    return claim_run_dir(out, SWEEP, ("sweep.png",), results="sweep.json")
 
 
 def plot_sweep(rows: Sequence[SweepRow], out: str | os.PathLike, n: int = 1, before: float | None = None) -> Path:
