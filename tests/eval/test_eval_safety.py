@@ -25,6 +25,7 @@ from delfi.eval.results import (
     check_outside,
     claim_results,
     claim_run_dir,
+    mark_run_dir,
     results_benchmark,
     write_results,
 )
@@ -170,6 +171,18 @@ def test_claim_results_rules(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ResultsConflictError, match="is a file, not a results folder"):
         claim_run_dir(tmp_path / "file", "vpr")
+
+
+def test_a_marked_run_folder_stays_claimable_after_an_interruption(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    mark_run_dir(run, "vpr")
+    assert json.loads((run / "results.json").read_text())["complete"] is False
+    (run / "ranking.txt").write_text("# delfi ranking: query db score [global_score inliers]\n")  # then interrupted
+    assert claim_run_dir(run, "vpr", ("ranking.txt",)) == run  # a rerun may use the folder
+    write_results(run / "results.json", {"recall_before": {}}, "vpr")
+    mark_run_dir(run, "vpr")  # finished results are never replaced by the placeholder
+    assert "complete" not in json.loads((run / "results.json").read_text())
 
 
 def test_outputs_inside_the_dataset_are_refused(hpatches, evd, tmp_path):

@@ -21,6 +21,7 @@ __all__ = [
     "claim_results",
     "claim_run_dir",
     "json_safe",
+    "mark_run_dir",
     "report_json",
     "results_benchmark",
     "write_json",
@@ -126,6 +127,15 @@ def claim_run_dir(run_dir: str | os.PathLike, benchmark: str, products: tuple[st
                     f"delfi {benchmark} run: not replaced; choose another --out"
                 )
     return run_dir
+
+
+def mark_run_dir(run_dir: str | os.PathLike, benchmark: str, results: str = "results.json") -> None:
+    """Write a placeholder ``results`` (``{"complete": false}``) into a claimed run folder that has
+    none, so that the products a run writes before its results (rankings...) are known as delfi's
+    when it is interrupted, and a rerun is not refused by `claim_run_dir`."""
+    path = Path(run_dir) / results
+    if not path.exists():
+        write_results(path, {"complete": False}, benchmark)
 
 
 def write_results(path: str | os.PathLike, data: Mapping[str, Any], benchmark: str) -> Path:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from delfi.eval.results import check_outside, claim_run_dir, write_results
+from delfi.eval.results import check_outside, claim_run_dir, mark_run_dir, write_results
 from delfi.eval.retrieval_run import RetrievalSettings, extract_images, run_retrieval
 from delfi.io.rankings import write_ranking
 from delfi.retrieval.rerank import rerank_stores
@@ -133,6 +133,7 @@ def run_revisitop(
     out = claim_run_dir(out, BENCHMARK, PRODUCTS)
     gnd = load_ground_truth(gnd_path)
     out.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(out, BENCHMARK)  # an interrupted run leaves a folder a rerun may use
     queries, database = gnd["qimlist"], gnd["imlist"]
     q_store, db_store = out / "queries.h5", out / "db.h5"
     extraction: dict[str, Any] = {}
