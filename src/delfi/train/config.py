@@ -23,8 +23,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from delfi.config import ConfigError, parse_overrides, require_number
+from delfi.models.r2d2 import Arch
 from delfi.train.losses.r2d2 import RELIABILITY_LOSSES
-from delfi.train.losses.repeatability import PATCH_NORMS, SIMILARITIES
+from delfi.train.losses.repeatability import PATCH_NORMS, PEAKY_PADDINGS, SIMILARITIES
+from delfi.train.losses.sampler import SamplerConfig
 
 __all__ = [
     "ConfigError",
@@ -40,16 +42,7 @@ __all__ = [
 Reliability = Enum("Reliability", {name: name for name in RELIABILITY_LOSSES}, type=str)
 Similarity = Enum("Similarity", {name: name for name in SIMILARITIES}, type=str)
 PatchNorm = Enum("PatchNorm", {name: name for name in PATCH_NORMS}, type=str)
-
-
-class Arch(str, Enum):
-    quad_l2net = "quad_l2net"
-    fast_quad_l2net = "fast_quad_l2net"
-
-
-class PeakyPadding(str, Enum):
-    official = "official"
-    exclude = "exclude"
+PeakyPadding = Enum("PeakyPadding", {name: name for name in PEAKY_PADDINGS}, type=str)
 
 
 class Scheduler(str, Enum):
@@ -95,20 +88,6 @@ class DataSection:
 
 
 @dataclass
-class SamplerSection:
-    """The official ``NghSampler2(ngh=7, subq=-8, subd=1, pos_d=3, neg_d=5, border=16, subd_neg=-8)``."""
-
-    ngh: int = 7
-    subq: int = -8
-    subd: int = 1
-    pos_d: int = 3
-    neg_d: int = 5
-    border: int = 16
-    subd_neg: int = -8
-    maxpool_pos: bool = True
-
-
-@dataclass
 class LossSection:
     """`R2D2LossConfig` (defaults: AP reliability + cosim repeatability N=16 + peaky N=16, weights 1)."""
 
@@ -124,8 +103,8 @@ class LossSection:
     hardnet_base: float = 0.5
     hardnet_weighted: bool = True
     patch_norm: PatchNorm = PatchNorm.auto  # type: ignore[attr-defined]
-    peaky_padding: PeakyPadding = PeakyPadding.official
-    sampler: SamplerSection = field(default_factory=SamplerSection)
+    peaky_padding: PeakyPadding = PeakyPadding.official  # type: ignore[attr-defined]
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the official NghSampler2
 
 
 @dataclass
@@ -345,7 +324,10 @@ def resolve_train_config(
             key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
             message = str(exc).splitlines()[0]
             raise ConfigError(f"{source}: {key}: {message}" if key else f"{source}: {message}") from None
-    result: TrainConfig = OmegaConf.to_object(config)  # type: ignore[assignment]
+    try:
+        result: TrainConfig = OmegaConf.to_object(config)  # type: ignore[assignment]
+    except ValueError as exc:  # a section's own check (loss.sampler: SamplerConfig.__post_init__)
+        raise ConfigError(f"loss.sampler: {exc}") from None
     result.validate()
     return result
 

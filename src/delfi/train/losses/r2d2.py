@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from delfi.train.losses.reliability import ap_reliability_loss, hardnet_reliability_loss
-from delfi.train.losses.repeatability import PATCH_NORMS, SIMILARITIES, peaky_loss, repeatability_loss
+from delfi.train.losses.repeatability import PATCH_NORMS, PEAKY_PADDINGS, SIMILARITIES, peaky_loss, repeatability_loss
 from delfi.train.losses.sampler import SamplerConfig, sample_scores
 
 __all__ = ["RELIABILITY_LOSSES", "R2D2Loss", "R2D2LossConfig", "r2d2_loss"]
@@ -50,7 +50,7 @@ class R2D2LossConfig:
             "reliability": RELIABILITY_LOSSES,
             "repeatability": SIMILARITIES,
             "patch_norm": PATCH_NORMS,
-            "peaky_padding": ("official", "exclude"),
+            "peaky_padding": PEAKY_PADDINGS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -42,6 +42,7 @@ from torch import Tensor
 
 __all__ = [
     "PATCH_NORMS",
+    "PEAKY_PADDINGS",
     "SIMILARITIES",
     "patch_similarity",
     "peakiness",
@@ -52,6 +53,7 @@ __all__ = [
 
 SIMILARITIES = ("cosim", "dice", "jaccard", "czekanowski", "squared_chord")
 PATCH_NORMS = ("auto", "none", "l1", "l2")
+PEAKY_PADDINGS = ("official", "exclude")
 _EPS = 1e-12
 
 
@@ -125,8 +127,8 @@ def peakiness(repeatability: Tensor, N: int = 16, padding: str = "official") -> 
     """Mean of ``maxpool_{N+1}(s) - avgpool_{N+1}(s)``, ``s = avgpool_3(rep)``; rep (B, 1, H, W)."""
     if N < 2 or N % 2:
         raise ValueError(f"N must be an even patch size >= 2, got {N}")
-    if padding not in ("official", "exclude"):
-        raise ValueError(f"padding must be 'official' or 'exclude', got {padding!r}")
+    if padding not in PEAKY_PADDINGS:
+        raise ValueError(f"padding must be one of {PEAKY_PADDINGS}, got {padding!r}")
     include = padding == "official"
     with torch.autocast(device_type=repeatability.device.type, enabled=False):
         s = F.avg_pool2d(repeatability.float(), 3, stride=1, padding=1, count_include_pad=include)
