@@ -15,7 +15,6 @@ Many image-1 corners map far outside image 2: the views are extreme.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,22 +106,6 @@ def load_homography(root: str | os.PathLike, name: str) -> np.ndarray:
 
 
 def _read_homography(path: Path) -> np.ndarray:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise EVDError(f"{path}: not a text file (expected 3 lines of 3 numbers)") from None
-    except OSError as error:
-        raise EVDError(f"{path}: cannot read it ({error.strerror or error})") from None
-    rows = [line.replace(",", " ").split() for line in text.splitlines() if line.strip()]
-    if len(rows) != 3 or any(len(r) != 3 for r in rows):
-        raise EVDError(f"{path}: expected a 3x3 matrix (3 lines of 3 numbers), got row lengths {[len(r) for r in rows]}")
-    try:
-        H = np.asarray([[float(v) for v in row] for row in rows], dtype=np.float64)
-    except ValueError as error:
-        raise EVDError(f"{path}: not a numeric matrix ({error})") from None
-    if not all(math.isfinite(v) for v in H.ravel()):
-        raise EVDError(f"{path}: matrix has non-finite entries")
-    scale = float(np.abs(H).max())
-    if scale == 0.0 or abs(np.linalg.det(H / scale)) <= 1e-12:
-        raise EVDError(f"{path}: matrix is singular")
-    return H
+    from delfi.datasets.hpatches import read_matrix3x3
+
+    return read_matrix3x3(path, EVDError)

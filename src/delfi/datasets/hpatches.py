@@ -16,7 +16,6 @@ sequence is the folder that holds the image.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path, PurePosixPath
 
@@ -31,6 +30,7 @@ __all__ = [
     "list_sequences",
     "load_homography",
     "read_image_list",
+    "read_matrix3x3",
     "sequence_type",
 ]
 
@@ -149,23 +149,28 @@ def load_homography(root: str | os.PathLike, seq: str, k: int) -> np.ndarray:
     path = Path(root) / seq / f"H_1_{_check_index(k, PAIR_INDICES, 'pair index')}"
     if not path.is_file():
         raise HPatchesMissingError(f"{path}: homography file not found")
+    return read_matrix3x3(path)
+
+
+def read_matrix3x3(path: Path, error: type[Exception] = HPatchesError) -> np.ndarray:
+    """A text file of 3 lines of 3 numbers (spaces or commas) as a finite, non-singular (3, 3)
+    float64 matrix; ``error`` (naming the file) otherwise. Shared by the HPatches and EVD readers."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise HPatchesError(f"{path}: not a text file (expected 3 lines of 3 numbers)") from None
-    except OSError as error:
-        raise HPatchesError(f"{path}: cannot read it ({error.strerror or error})") from None
-    rows = [line.split() for line in text.splitlines() if line.strip()]
+        raise error(f"{path}: not a text file (expected 3 lines of 3 numbers)") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    rows = [line.replace(",", " ").split() for line in text.splitlines() if line.strip()]
     if len(rows) != 3 or any(len(r) != 3 for r in rows):
-        lengths = [len(r) for r in rows]
-        raise HPatchesError(f"{path}: expected a 3x3 matrix (3 lines of 3 numbers), got row lengths {lengths}")
+        raise error(f"{path}: expected a 3x3 matrix (3 lines of 3 numbers), got row lengths {[len(r) for r in rows]}")
     try:
-        values = [[float(v) for v in row] for row in rows]
-    except ValueError as error:
-        raise HPatchesError(f"{path}: not a numeric matrix ({error})") from None
-    H = np.asarray(values, dtype=np.float64)
-    if not all(math.isfinite(v) for v in H.ravel()):
-        raise HPatchesError(f"{path}: matrix has non-finite entries")
-    if abs(np.linalg.det(H)) <= 1e-12 * float(np.abs(H).max()) ** 3:
-        raise HPatchesError(f"{path}: matrix is singular")
+        H = np.asarray([[float(v) for v in row] for row in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise error(f"{path}: not a numeric matrix ({exc})") from None
+    if not np.isfinite(H).all():
+        raise error(f"{path}: matrix has non-finite entries")
+    scale = float(np.abs(H).max())
+    if scale == 0.0 or abs(np.linalg.det(H / scale)) <= 1e-12:
+        raise error(f"{path}: matrix is singular")
     return H
