@@ -7,7 +7,7 @@ at the crops' own resolution (one scale, no pyramid):
    NMS), with reliability >= ``reliability_threshold`` and repeatability >=
    ``repeatability_threshold``; the ``top_k`` best by ``reliability * repeatability``;
 2. **descriptors**: the dense descriptors at those pixels (already L2-normalised);
-3. **matching**: mutual nearest neighbours by cosine similarity;
+3. **matching**: mutual nearest neighbours by cosine similarity (`delfi.match.nn.mutual_nn`);
 4. **correctness**: a match (i, j) is correct when crop-1 keypoint i, projected by the homography,
    lies within ``t`` pixels of crop-2 keypoint j (pixel centres at integers, as the homography).
 
@@ -21,15 +21,16 @@ checks, not for comparison with published HPatches figures.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["THRESHOLDS", "detect", "mutual_nearest", "pair_precisions", "evaluate_pairs"]
+from delfi.eval.hpatches import pair_errors
+from delfi.extract.detect import r2d2_keypoint_mask, top_k_indices
+from delfi.match.nn import mutual_nn
+from delfi.models.r2d2 import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["THRESHOLDS", "detect", "pair_precisions", "evaluate_pairs"]
 
 THRESHOLDS = (1.0, 3.0, 5.0)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalise(images: Tensor) -> Tensor:
@@ -41,32 +42,12 @@ def normalise(images: Tensor) -> Tensor:
 
 def detect(reliability: Tensor, repeatability: Tensor, top_k: int, rel_thr: float, rep_thr: float) -> tuple[Tensor, Tensor]:
     """Keypoints of one image from (H, W) maps: (xy (N, 2) long, score (N,)), best first."""
-    rep = repeatability.float()
-    rel = reliability.float()
-    maxima = rep == F.max_pool2d(rep[None, None], 3, stride=1, padding=1)[0, 0]
-    keep = maxima & (rep >= rep_thr) & (rel >= rel_thr)
+    rel, rep = reliability.float(), repeatability.float()
+    keep = r2d2_keypoint_mask(rel[None, None], rep[None, None], rel_thr, rep_thr)[0, 0]
     y, x = torch.nonzero(keep, as_tuple=True)
     score = (rel * rep)[y, x]
-    if score.numel() > top_k:
-        score, order = score.topk(top_k)
-        x, y = x[order], y[order]
-    else:
-        score, order = score.sort(descending=True)
-        x, y = x[order], y[order]
-    return torch.stack([x, y], 1), score
-
-
-def mutual_nearest(d1: Tensor, d2: Tensor) -> tuple[Tensor, Tensor]:
-    """Mutual nearest neighbours of (N1, D) and (N2, D) L2-normalised descriptors: (i, j)."""
-    if len(d1) == 0 or len(d2) == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=d1.device)
-        return empty, empty
-    sim = d1.float() @ d2.float().T
-    nn12 = sim.argmax(1)
-    nn21 = sim.argmax(0)
-    i = torch.arange(len(d1), device=d1.device)
-    mutual = nn21[nn12] == i
-    return i[mutual], nn12[mutual]
+    order = top_k_indices(score, top_k)
+    return torch.stack([x[order], y[order]], 1), score[order]
 
 
 def pair_precisions(outputs1: dict, outputs2: dict, homographies: Tensor, top_k: int, rel_thr: float, rep_thr: float,
@@ -80,20 +61,13 @@ def pair_precisions(outputs1: dict, outputs2: dict, homographies: Tensor, top_k:
         xy1, _ = detect(outputs1["reliability"][b, 0], outputs1["repeatability"][b, 0], top_k, rel_thr, rep_thr)
         xy2, _ = detect(outputs2["reliability"][b, 0], outputs2["repeatability"][b, 0], top_k, rel_thr, rep_thr)
         keypoints[b] = torch.tensor([len(xy1), len(xy2)], dtype=torch.float64)
-        d1 = outputs1["descriptors"][b][:, xy1[:, 1], xy1[:, 0]].T
-        d2 = outputs2["descriptors"][b][:, xy2[:, 1], xy2[:, 0]].T
-        i, j = mutual_nearest(d1, d2)
-        matches[b] = len(i)
-        if len(i) == 0:
+        d1 = outputs1["descriptors"][b][:, xy1[:, 1], xy1[:, 0]].T.float()
+        d2 = outputs2["descriptors"][b][:, xy2[:, 1], xy2[:, 0]].T.float()
+        pairs = mutual_nn(d1, d2).indices
+        matches[b] = len(pairs)
+        if len(pairs) == 0:
             continue
-        p1 = xy1[i].double().cpu()
-        h = homographies[b].double().cpu()
-        projected = torch.cat([p1, torch.ones(len(p1), 1, dtype=torch.float64)], 1) @ h.T
-        w = projected[:, 2:]
-        ok = w[:, 0] > 1e-12
-        projected = projected[:, :2] / torch.where(ok[:, None], w, torch.ones_like(w))
-        error = (projected - xy2[j].double().cpu()).norm(dim=1)
-        error[~ok] = float("inf")
+        error = torch.from_numpy(pair_errors(xy1, xy2, pairs, homographies[b]))
         for t, thr in enumerate(thresholds):
             precisions[b, t] = (error <= thr).double().mean()
     return {"precisions": precisions, "keypoints": keypoints, "matches": matches}
