@@ -78,6 +78,8 @@ def test_viz_attention_of_random_weights_says_so(tmp_path):
     assert "warning: delf has no weights" in result.output and "UNTRAINED" in result.output
     refused = invoke("viz", "attention", image, "--preset", "delf", "--out", image, *SMALL)
     assert refused.exit_code == 2 and "also an input" in refused.output
+    unknown = invoke("viz", "attention", image, "--preset", "delf", "--out", tmp_path / "attn.xyz", *SMALL)
+    assert unknown.exit_code == 2 and "not a picture file name" in unknown.output  # before any network runs
 
 
 def test_extract_with_random_weights_warns_and_marks_the_store(tmp_path):

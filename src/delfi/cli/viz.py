@@ -124,17 +124,17 @@ def attention(
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
 ) -> None:
     """Attention heatmaps per pyramid scale with the selected keypoints on top."""
+    import warnings
+
+    from rich.markup import escape
+
     from delfi.cli.common import load_model
+    from delfi.cli.extract import _print_warnings
+    from delfi.cli.match import picture_output
     from delfi.io.images import ImageError, read_image
     from delfi.viz.attention import plot_attention
 
-    import warnings
-
-    from delfi.cli.common import prepare_output_file, refuse_output_among_inputs
-    from rich.markup import escape
-
-    refuse_output_among_inputs(out, [image, weights if weights and Path(weights).exists() else None])
-    prepare_output_file(out)
+    out = picture_output(out, [image, weights if weights and Path(weights).exists() else None], "--out")
     try:
         picture = read_image(image)
     except ImageError as exc:
@@ -142,8 +142,7 @@ def attention(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model, config = load_model(preset, weights, list(overrides or []), device)
-    for warning in caught:
-        stderr_console().print(f"[yellow]warning: {escape(str(warning.message))}[/yellow]", soft_wrap=True, highlight=False)
+    _print_warnings(caught)
     from delfi.models.capabilities import ATTENTION_MAPS, supports
 
     if not supports(model, ATTENTION_MAPS):
