@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
-from delfi.datasets.homography_pairs import PairConfig, item_rng, jitter_and_noise
+from delfi.datasets.homography_pairs import EpochPairs, PairConfig, clamp_corners, jitter_and_noise, window_offsets
 from delfi.datasets.pair_geometry import crop_with_padding
-from delfi.io.images import ImageError, image_size, read_image
+from delfi.io.images import ImageError, read_image
 
 __all__ = ["FlowPairs", "load_flow", "read_pair_list"]
 
@@ -78,7 +76,7 @@ def load_flow(path: str | os.PathLike, relative: bool = False) -> tuple[np.ndarr
     return np.where(valid[..., None], flow, np.float32(-1e4)), valid
 
 
-class FlowPairs(Dataset):
+class FlowPairs(EpochPairs):
     """Real pairs with dense flow (see the module docstring).
 
     Attributes:
@@ -116,17 +114,12 @@ class FlowPairs(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        rng, gen = item_rng(self.seed, self.epoch, index)
+        rng, gen = self.rng_for(index)
         path1, path2, flow_path = self.pairs[index]
         image1, image2 = read_image(path1), read_image(path2)
         flow, valid = load_flow(flow_path, self.relative)
-        c, (h2, w2) = self.config.crop_size, image_size(path2)[::-1]
+        c, (h2, w2) = self.config.crop_size, image2.shape[-2:]
         corner1, corner2 = self._choose(flow, valid, (w2, h2), rng)
         crop_flow = crop_with_padding(torch.from_numpy(flow).permute(2, 0, 1), *corner1, c)
         crop_valid = crop_with_padding(torch.from_numpy(valid)[None].float(), *corner1, c)[0] > 0
@@ -145,11 +138,7 @@ class FlowPairs(Dataset):
     def _choose(self, flow: np.ndarray, valid: np.ndarray, size2, rng: np.random.Generator):
         c, trials = self.config.crop_size, self.config.crop_trials
         h1, w1 = valid.shape
-
-        def offsets(limit, n):
-            return rng.integers(0, limit - c + 1, n) if limit >= c else np.full(n, (limit - c) // 2)
-
-        x1, y1 = offsets(w1, trials), offsets(h1, trials)
+        x1, y1 = window_offsets(w1, c, trials, rng), window_offsets(h1, c, trials, rng)
         grid = np.arange(4, c, 8)
         px = np.clip(x1[:, None, None] + grid[None, None, :], 0, w1 - 1) + 0 * grid[None, :, None]
         py = np.clip(y1[:, None, None] + grid[None, :, None], 0, h1 - 1) + 0 * grid[None, None, :]
@@ -159,9 +148,7 @@ class FlowPairs(Dataset):
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN candidates
             centre = np.nan_to_num(np.nanmedian(targets, axis=1), nan=0.0)
         shift = rng.uniform(-self.config.crop_offset, self.config.crop_offset, (trials, 2)) * c
-        corner2 = np.round(centre - (c - 1) / 2 + shift)
-        for axis, limit in ((0, size2[0]), (1, size2[1])):
-            corner2[:, axis] = np.clip(corner2[:, axis], 0, limit - c) if limit >= c else (limit - c) // 2
+        corner2 = clamp_corners(np.round(centre - (c - 1) / 2 + shift), size2, c)
         local = targets - corner2[:, None]
         fraction = (ok.reshape(trials, -1) & (local >= 0).all(-1) & (local <= c - 1).all(-1)).mean(1)
         best = int(np.argmax(fraction))

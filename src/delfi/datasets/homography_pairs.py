@@ -113,6 +113,36 @@ def jitter_and_noise(image: torch.Tensor, config: PairConfig, rng: np.random.Gen
     return image
 
 
+class EpochPairs(Dataset):
+    """Base of the pair datasets: item ``index`` is a function of ``(seed, epoch, index)``."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rng_for(self, index: int) -> tuple[np.random.Generator, torch.Generator]:
+        """`item_rng` of item ``index`` of the current epoch (IndexError outside the dataset)."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return item_rng(self.seed, self.epoch, index)
+
+
+def window_offsets(limit: int, c: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random start offsets of a ``c``-pixel window along an axis of ``limit`` pixels
+    (centred, negative, when the axis is shorter than the window)."""
+    return rng.integers(0, limit - c + 1, n) if limit >= c else np.full(n, (limit - c) // 2)
+
+
+def clamp_corners(corners: np.ndarray, size, c: int) -> np.ndarray:
+    """(T, 2) top-left corners of ``c``-pixel windows kept inside an image of ``size`` (w, h),
+    centred on an axis shorter than the window (in place; returned)."""
+    for axis, limit in ((0, size[0]), (1, size[1])):
+        corners[:, axis] = np.clip(corners[:, axis], 0, limit - c) if limit >= c else (limit - c) // 2
+    return corners
+
+
 def check_images(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Decode every image once: (usable paths, [(path, reason)] of the unreadable ones)."""
     usable, skipped = [], []
@@ -125,7 +155,7 @@ def check_images(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[t
     return usable, skipped
 
 
-class HomographyPairs(Dataset):
+class HomographyPairs(EpochPairs):
     """Synthetic pairs from single photos (see the module docstring); one pair per image.
 
     Args:
@@ -159,13 +189,8 @@ class HomographyPairs(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        rng, gen = item_rng(self.seed, self.epoch, index)
+        rng, gen = self.rng_for(index)
         for step in range(len(self)):  # an image broken since construction: the next one, deterministically
             path = self.paths[(index + step) % len(self)]
             try:
@@ -200,16 +225,11 @@ def choose_crops(frame1, frame2, base_size, config: PairConfig, rng: np.random.G
     (m1, (w1, h1)), (m2, (w2, h2)) = frame1, frame2
     h12 = m2 @ np.linalg.inv(m1)
 
-    def offsets(limit, n):
-        return rng.integers(0, limit - c + 1, n) if limit >= c else np.full(n, (limit - c) // 2)
-
-    x1, y1 = offsets(w1, trials), offsets(h1, trials)
+    x1, y1 = window_offsets(w1, c, trials, rng), window_offsets(h1, c, trials, rng)
     centres = np.stack([x1, y1], 1) + (c - 1) / 2
     target, _ = project(h12, centres)
     shift = rng.uniform(-config.crop_offset, config.crop_offset, (trials, 2)) * c
-    corner2 = np.round(target - (c - 1) / 2 + shift)
-    for axis, limit in ((0, w2), (1, h2)):
-        corner2[:, axis] = np.clip(corner2[:, axis], 0, limit - c) if limit >= c else (limit - c) // 2
+    corner2 = clamp_corners(np.round(target - (c - 1) / 2 + shift), (w2, h2), c)
     grid = np.arange(4, c, 8, dtype=np.float64)
     gv, gu = np.meshgrid(grid, grid, indexing="ij")
     points = np.stack([gu.ravel(), gv.ravel()], -1)[None] + np.stack([x1, y1], 1)[:, None]  # (T, G, 2)
