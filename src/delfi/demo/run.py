@@ -189,7 +189,8 @@ def run_demo(model: Any, config: dict[str, Any], out: str | Path, options: DemoO
         ranking = _search(index, kind, store_path, demo)
     result.files["ranking"] = write_ranking(out / "rankings" / "global.txt", ranking)
 
-    reranked, matches = _rerank(ranking, store_path, out / "matches.h5", demo, options, t, progress)
+    with _Timer(t, "rerank"):
+        reranked = _rerank(ranking, store_path, out / "matches.h5", options, progress)
     result.files["reranked"] = write_ranking(out / "rankings" / "reranked.txt", reranked)
     result.files["matches"] = out / "matches.h5"
 
@@ -199,7 +200,7 @@ def run_demo(model: Any, config: dict[str, Any], out: str | Path, options: DemoO
         result.mma, result.mean_matches = homography_mma(store_path, demo)
 
     with _Timer(t, "pictures"):
-        pictures = _match_pictures(reranked, matches, store_path, demo, out / "matches", options.pictures)
+        pictures = _match_pictures(reranked, out / "matches.h5", store_path, demo, out / "matches", options.pictures)
         score_map = _score_map(model, demo, out / "maps")
     result.files["score_map"] = score_map
 
@@ -258,36 +259,17 @@ def _search(index, kind: str, store_path: Path, demo: DemoSet):
     return ranking_from_scores(names, index.names, scores, ids)
 
 
-def _rerank(ranking, store_path: Path, matches_path: Path, demo: DemoSet, options: DemoOptions, timings, progress):
+def _rerank(ranking, store_path: Path, matches_path: Path, options: DemoOptions, progress):
+    """Spatial verification of every query's top results; every verified pair goes to ``matches_path``."""
     from delfi.io.features import FeatureStore
-    from delfi.io.matches import MatchStore
-    from delfi.retrieval.rerank import RerankConfig, matching_for, rerank
+    from delfi.retrieval.rerank import RerankConfig, matching_for, rerank_stores
 
-    kept: dict[tuple[str, str], Any] = {}
     with FeatureStore(store_path) as store:
-        family = store.attrs.get("model") if hasattr(store, "attrs") else None
-    config = RerankConfig(top_k=options.rerank_top_k, matching=matching_for(family or "r2d2"))
-    with _Timer(timings, "rerank"), _bar(progress, len(ranking.queries), "reranking") as bar:
-        with FeatureStore(store_path) as store, MatchStore(matches_path, "w", attrs={
-                "model": "rerank", "weights_sha256": "none", "config": {"rerank": config.as_dict()}}) as matches:
-            def on_pair(query: str, db: str, found) -> None:
-                matches.put(query, db, found)
-                kept[(query, db)] = found
-
-            reranked = rerank(ranking, store, store, config, on_pair=on_pair,
-                              on_query=lambda q: bar.advance(q, "done"))
-    return reranked, kept
-
-
-def _ranks(ranking) -> np.ndarray:
-    """(n_db, n_q) ranks for `delfi.eval.revisitop.evaluate`; results a row lacks come last, in id order."""
-    n_db = len(ranking.database)
-    columns = []
-    for row in ranking.indices:
-        seen = [int(i) for i in row if i >= 0]
-        rest = sorted(set(range(n_db)) - set(seen))
-        columns.append(seen + rest)
-    return np.array(columns, dtype=np.int64).T.reshape(n_db, len(ranking.queries))
+        family = store.attrs.get("model")
+    config = RerankConfig(top_k=options.rerank_top_k, matching=matching_for(family))
+    with _bar(progress, len(ranking.queries), "reranking") as bar:
+        return rerank_stores(ranking, store_path, store_path, config, matches_out=matches_path,
+                             on_query=lambda q: bar.advance(q, "done"))
 
 
 def retrieval_scores(ranking, demo: DemoSet) -> dict[str, float]:
@@ -297,7 +279,7 @@ def retrieval_scores(ranking, demo: DemoSet) -> dict[str, float]:
 
     ids = {name: i for i, name in enumerate(ranking.database)}
     gnd = [{"easy": [ids[v] for v in demo.positives[q] if v in ids], "hard": [], "junk": []} for q in ranking.queries]
-    scores = evaluate(_ranks(ranking), gnd, kappas=(1,))["easy"]
+    scores = evaluate(ranking.ranks(), gnd, kappas=(1,))["easy"]
     return {"map": scores["map"], "recall@1": scores["mp@k"][1]}
 
 
@@ -328,23 +310,24 @@ def _picture_name(query: str, db: str) -> str:
     return f"{stem(query)}--{stem(db)}.png"
 
 
-def _match_pictures(reranked, matches: dict, store_path: Path, demo: DemoSet, folder: Path, per_query: int):
+def _match_pictures(reranked, matches_path: Path, store_path: Path, demo: DemoSet, folder: Path, per_query: int):
     from delfi.io.features import FeatureStore
+    from delfi.io.matches import MatchStore
     from delfi.viz.matches import plot_matches
 
     pictures: dict[tuple[str, str], Path] = {}
     if per_query <= 0:
         return pictures
-    with FeatureStore(store_path) as store:
+    with FeatureStore(store_path) as store, MatchStore(matches_path) as matches:
         for q, query in enumerate(reranked.queries):
             shown = 0
             for idx in reranked.indices[q]:
                 if idx < 0 or shown >= per_query:
                     break
                 db = reranked.database[idx]
-                found = matches.get((query, db))
-                if found is None:
+                if (query, db) not in matches:  # not verified
                     continue
+                found = matches.get(query, db)
                 path = folder / _picture_name(query, db)
                 label = "a view of this photo" if db in demo.positives.get(query, []) else "NOT a view of this photo"
                 plot_matches(demo.path(query), demo.path(db), store[query], store[db], found, out=path,
