@@ -52,3 +52,11 @@ def test_output_checks(tmp_path):
         prepare_output_file(tmp_path)  # a folder
     made = prepare_output_file(tmp_path / "new" / "deeper" / "p.txt")
     assert made.parent.is_dir()
+
+
+def test_failure_list_of_the_current_folder_sits_beside_it(tmp_path, monkeypatch):
+    from delfi.cli.common import failure_list_path
+
+    monkeypatch.chdir(tmp_path)
+    assert failure_list_path(".") == tmp_path.parent / f"{tmp_path.name}.failures.tsv"
+    assert failure_list_path("f.h5").name == "f.h5.failures.tsv"

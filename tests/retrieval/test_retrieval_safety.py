@@ -550,3 +550,17 @@ def test_write_report_never_overwrites_a_foreign_file(tmp_path):
         write_report(foreign, ranking)
     assert foreign.read_text() == "mine"
     assert is_delfi_report(write_report(tmp_path / "ok.html", ranking))
+
+
+def test_the_current_folder_is_never_swapped_out_as_an_index(tmp_path, monkeypatch):
+    """An index is written beside its target and swapped in: the folder the user stands in (even
+    empty) is refused by name instead of being moved away under them."""
+    from delfi.retrieval.storage import IndexPathError, check_index_target
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for spelling in (".", str(here), ".."):
+        with pytest.raises(IndexPathError, match="current folder"):
+            check_index_target(spelling)
+    assert check_index_target("db.index") == []  # a new folder inside it is fine

@@ -286,4 +286,6 @@ def _is_failure_list(path: Path) -> bool:
 def failure_list_path(out: Path) -> Path:
     """Where a command writing ``out`` lists all its failures: ``<out>.failures.tsv``."""
     out = Path(out)
+    if not out.name or out.name == "..":  # "." or "..": name the folder itself
+        out = out.resolve()
     return out.with_name(f"{out.name}.failures.tsv")

@@ -196,6 +196,10 @@ def check_index_target(path: str | os.PathLike, overwrite: bool = False) -> list
         raise IndexPathError(f"{target} is a symbolic link: give the index directory itself")
     if not target.exists():
         return []
+    cwd = Path.cwd()
+    if target.is_dir() and (cwd == target.resolve() or target.resolve() in cwd.parents):
+        raise IndexPathError(f"{target} is the current folder (or holds it): an index is swapped in as a whole, "
+                             f"give a new folder name, e.g. {Path(target, 'db.index')}")
     if not target.is_dir():
         raise IndexPathError(f"{target} exists and is a file, not a delfi index: refusing to replace it "
                              "(choose another output path)")
