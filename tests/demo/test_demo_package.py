@@ -9,7 +9,7 @@ import pytest
 
 from delfi.demo import photos
 from delfi.demo.photos import PHOTOS, MissingSkimageError, load_photo, photo_path
-from delfi.demo.run import MARKER, DemoFolderError, claim_folder
+from delfi.demo.run import MARKER, DemoFolderError, check_folder, claim_folder
 from delfi.demo.scene import build_scene_set, make_view
 from delfi.demo.vlad import train_codebook, vlad, vlad_vectors
 
@@ -101,3 +101,7 @@ def test_claim_folder_rules(tmp_path):
     (foreign / "x").write_text("x")
     with pytest.raises(DemoFolderError, match="not made by"):
         claim_folder(foreign)
+    with pytest.raises(DemoFolderError, match="not made by"):
+        check_folder(foreign)
+    check_folder(tmp_path / "new")  # accepted, and nothing is made
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in foreign.iterdir()) == ["x"]

@@ -37,7 +37,7 @@ def demo(
     draw matches and score maps, and write a self-contained report.html."""
     from delfi.config import ConfigError, config_to_dict
     from delfi.demo.photos import MissingSkimageError, data_dir
-    from delfi.demo.run import DemoFolderError, DemoOptions, asmk_available, claim_folder, run_demo
+    from delfi.demo.run import DemoFolderError, DemoOptions, asmk_available, check_folder, claim_folder, run_demo
     from delfi.demo.summary import summary_table
     from delfi.models import resolve_config
     from delfi.models.weights import WeightsError, resolve_weights
@@ -50,8 +50,10 @@ def demo(
         data_dir()
     except MissingSkimageError as exc:
         raise fail(str(exc)) from None
-    if out.exists() and not out.is_dir():
-        raise fail(f"--out {out} is a file: give a folder for the demo's files")
+    try:  # before the model loads; claim_folder below checks again and writes
+        check_folder(out)
+    except DemoFolderError as exc:
+        raise fail(str(exc)) from None
     settings = DEMO_SETTINGS + list(overrides or [])
     try:  # the demo is the first thing a new user runs: say how to get the weights
         resolve_weights(weights or resolve_config(preset, settings).weights)

@@ -36,8 +36,8 @@ import numpy as np
 
 from delfi.demo.scene import DemoSet, build_scene_set
 
-__all__ = ["DemoOptions", "DemoResult", "run_demo", "MARKER", "PRODUCTS", "DemoFolderError", "claim_folder",
-           "asmk_available"]
+__all__ = ["DemoOptions", "DemoResult", "run_demo", "MARKER", "PRODUCTS", "DemoFolderError", "check_folder",
+           "claim_folder", "asmk_available"]
 
 MARKER = ".delfi-demo"
 PRODUCTS = ("images", "index", "rankings", "matches", "maps", "features.h5", "features.h5.config.yaml",
@@ -98,16 +98,23 @@ def asmk_available() -> bool:
         return False
 
 
-def claim_folder(out: Path) -> None:
-    """Make ``out`` the demo folder: created, or reused when it holds the demo's marker (its old
-    products are removed); a file, or a non-empty folder without the marker, is refused."""
+def check_folder(out: Path) -> None:
+    """DemoFolderError unless ``out`` may become the demo folder: new, empty, or holding the demo's
+    marker; a file, or a non-empty folder without the marker, is refused. Changes nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DemoFolderError(f"--out {out} is a file: give a folder for the demo's files")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise DemoFolderError(f"--out {out} exists and was not made by `delfi demo` (no {MARKER} file in it): "
-                                  "refusing to write there; choose a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DemoFolderError(f"--out {out} exists and was not made by `delfi demo` (no {MARKER} file in it): "
+                              "refusing to write there; choose a new or empty folder")
+
+
+def claim_folder(out: Path) -> None:
+    """Make ``out`` the demo folder (`check_folder` first): created, or reused when it holds the
+    demo's marker (its old products, and only those, are removed)."""
+    out = Path(out)
+    check_folder(out)
+    if (out / MARKER).is_file():
         for name in PRODUCTS:
             path = out / name
             if path.is_dir() and not path.is_symlink():
