@@ -108,7 +108,9 @@ def test_refusals(photos, tmp_path):
     user = tmp_path / "user"
     user.mkdir()
     (user / "thesis.tex").write_text("mine")
-    assert_clean_refusal(delfi("train", "r2d2", "--images", photos, "--out", user, *TINY), "not a delfi run folder")
+    refused = delfi("train", "r2d2", "--images", photos, "--out", user, *TINY)
+    assert_clean_refusal(refused, "not a delfi run folder")
+    assert "broken.jpg" not in refused.output  # refused before the images are read
     assert_clean_refusal(delfi("train", "r2d2", "--images", photos, "--out", user, "--overwrite", *TINY), "not a delfi run folder")
     assert (user / "thesis.tex").read_text() == "mine" and sorted(p.name for p in user.iterdir()) == ["thesis.tex"]
     out = tmp_path / "run"

@@ -46,6 +46,7 @@ def r2d2(
     from delfi.config import ConfigError
     from delfi.train.trainer import (
         RunFolderError,
+        check_run_folder,
         checkpoint_train_config,
         is_secondary_process,
         prepare_run_folder,
@@ -78,6 +79,7 @@ def r2d2(
         if seed is not None:
             options["seed"] = seed
         config = resolve_train_config(None if base else (preset or "r2d2"), words, ("options", options), base=base)
+        check_run_folder(out, resume=checkpoint is not None, overwrite=overwrite)  # before the images are read
     except (ConfigError, RunFolderError) as exc:
         raise fail(str(exc)) from None
     if config.data.images is None:
@@ -122,11 +124,16 @@ def r2d2(
         raise fail(f"cannot train: {str(exc).splitlines()[0]}") from None
     except _misconfiguration() as exc:
         raise fail(f"cannot train: {str(exc).splitlines()[0]}") from None
+    from delfi.train.validation import threshold_name
+
+    metric = f"mma@{threshold_name(float(config.val.pixel_threshold))}"  # the monitored val/<metric>
     rows = [("steps", str(result.steps)), ("last checkpoint", str(result.last))]
     if result.initial_metrics is not None:
-        rows.append(("val/mma@3 at start", f"{result.initial_metrics.get('mma@3', float('nan')):.3f}"))
+        rows.append((f"val/{metric} at start", f"{result.initial_metrics[metric]:.3f}"))
+    if result.final_metrics is not None:
+        rows.append((f"val/{metric} last", f"{result.final_metrics[metric]:.3f}"))
     if result.best is not None:
-        rows.append(("best checkpoint", f"{result.best} ({result.best_score:.3f})"))
+        rows.append(("best checkpoint", f"{result.best} (val/{metric} {result.best_score:.3f})"))
     if result.skipped_nan:
         rows.append(("skipped steps (non-finite)", str(result.skipped_nan)))
     rows.append(("logs", f"tensorboard --logdir {folder}"))

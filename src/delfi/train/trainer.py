@@ -36,7 +36,7 @@ import torch
 from delfi.config import ConfigError, dump_config
 from delfi.train.config import TrainConfig, config_dict, resolve_train_config
 
-__all__ = ["RUN_MARKER", "RunFolderError", "TrainResult", "checkpoint_train_config", "prepare_run_folder", "train"]
+__all__ = ["RUN_MARKER", "RunFolderError", "TrainResult", "check_run_folder", "checkpoint_train_config", "prepare_run_folder", "train"]
 
 RUN_MARKER = "delfi-run.json"
 OWN_FILES = ("last.ckpt", "best.ckpt", "config.yaml")
@@ -70,12 +70,12 @@ def is_run_folder(path: Path) -> bool:
         return False
 
 
-def prepare_run_folder(out: Path, *, resume: bool = False, overwrite: bool = False, method: str = "r2d2") -> Path:
-    """Check and prepare ``out`` by the rules of the module docstring; returns it."""
+def check_run_folder(out: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Raise `RunFolderError` unless ``out`` may be used by the rules of the module docstring
+    (changes nothing: the command checks this before reading the images)."""
     out = Path(out)
     if is_secondary_process():
-        out.mkdir(parents=True, exist_ok=True)
-        return out
+        return
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out} is a file, not a folder: give a folder for the run")
     if out.is_dir() and any(out.iterdir()):
@@ -89,6 +89,16 @@ def prepare_run_folder(out: Path, *, resume: bool = False, overwrite: bool = Fal
                 f"--out {out} is a delfi run folder already: continue it with --resume {out / 'last.ckpt'}, "
                 "start it again with --overwrite (removes its checkpoints and logs), or choose another folder"
             )
+
+
+def prepare_run_folder(out: Path, *, resume: bool = False, overwrite: bool = False, method: str = "r2d2") -> Path:
+    """Check (`check_run_folder`) and prepare ``out``; returns it."""
+    out = Path(out)
+    if is_secondary_process():
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    check_run_folder(out, resume=resume, overwrite=overwrite)
+    if out.is_dir() and is_run_folder(out):
         if overwrite and not resume:
             for name in OWN_FILES:
                 (out / name).unlink(missing_ok=True)
