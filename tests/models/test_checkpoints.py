@@ -225,6 +225,17 @@ def test_non_finite_parameters_are_refused_naming_the_tensor(tmp_path, bad):
         load_r2d2_checkpoint(path)
 
 
+def test_create_refuses_non_finite_weights(tmp_path):
+    import delfi.models
+
+    checkpoint = official_style_checkpoint("Quad_L2Net_ConfCFS()")
+    checkpoint["state_dict"]["module.ops.3.weight"].view(-1)[7] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"nan.pt: tensor 'state_dict/module.ops.3.weight' has non-finite"):
+        delfi.models.create("r2d2", weights=path)
+
+
 def test_integer_tensors_and_finite_weights_pass_the_finite_check(tmp_path):
     path = tmp_path / "ok.pt"
     torch.save({"steps": torch.arange(3), "w": torch.ones(2), "logs": [1.0, float("nan")]}, path)

@@ -82,7 +82,8 @@ def create(
     or ImageNet backbone weights only); with ``load`` that also warns (`RandomWeightsWarning`).
 
     Raises:
-        CheckpointError: the loaded weights hold NaN or infinite values (`check_finite`).
+        CheckpointError: the weights file cannot be used, e.g. it holds NaN or infinite values
+            (`delfi.models.checkpoints.load_checkpoint` / `load_torch_file` refuse it).
     """
     if weights is not None:
         overrides["weights"] = str(weights)
@@ -101,10 +102,8 @@ def create(
     if load and getattr(config, "backbone_weights", None):
         backbone = resolve_weights(config.backbone_weights)[0]
         model.load_backbone(backbone)
-        check_finite(model, backbone)
     if checkpoint is not None:
         model.load_weights(path, checkpoint=checkpoint)
-        check_finite(model, path)
     model.untrained = not (load and config.weights)
     if load and model.untrained:
         warnings.warn(RandomWeightsWarning(_untrained_message(config)), stacklevel=2)
@@ -150,24 +149,3 @@ def _untrained_message(config: Any) -> str:
         f"{config.model} has {what}, so its features (and attention maps) mean nothing; "
         f"give trained weights with --weights / weights=CHECKPOINT"
     )
-
-
-def check_finite(model: Any, source: str | os.PathLike) -> None:
-    """Refuse a model whose parameters or buffers hold NaN / inf after loading ``source``.
-
-    Raises:
-        CheckpointError: naming ``source`` and the first offending tensors (a diverged training
-            run, or a damaged file: such a model finds no features at all).
-    """
-    import torch
-
-    from delfi.models.checkpoints import CheckpointError
-
-    bad = [name for name, tensor in model.state_dict().items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]  # fmt: skip
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise CheckpointError(
-            f"{source}: the weights hold NaN or infinite values ({shown}); such a model finds no "
-            f"features (a diverged training run or a damaged file): use another checkpoint"
-        )
