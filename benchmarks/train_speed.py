@@ -49,9 +49,9 @@ def _batch(batch: int, crop: int, device, seed: int = 0):
     y, x = torch.meshgrid(torch.arange(crop, dtype=torch.float32), torch.arange(crop, dtype=torch.float32), indexing="ij")
     flow = torch.stack([x + 3.5, y - 2.25])[None].repeat(batch, 1, 1, 1)
     mask = (flow[:, 0] <= crop - 1) & (flow[:, 1] >= 0)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    images = (images - mean) / std
+    from delfi.train.validation import normalise  # the network's ImageNet input normalisation
+
+    images = normalise(images)
     return images[:batch].to(device), images[batch:].to(device), flow.to(device), mask.to(device)
 
 

@@ -116,9 +116,9 @@ class StepProgress(pl.Callback):
         if getattr(pl_module, "last_loss", None) is not None:
             parts.append(f"loss {pl_module.last_loss:.4f}")
         val = getattr(pl_module, "last_val", None) or getattr(pl_module, "initial_metrics", None)
-        monitor = getattr(pl_module, "monitor", "val/mma@3")
-        if val and monitor[len("val/"):] in val:
-            parts.append(f"{monitor[len('val/'):]} {val[monitor[len('val/'):]]:.3f}")
+        metric = getattr(pl_module, "monitor", "val/mma@3").removeprefix("val/")
+        if val and metric in val:
+            parts.append(f"{metric} {val[metric]:.3f}")
         if getattr(pl_module, "skipped_nan", 0):
             parts.append(f"skipped {pl_module.skipped_nan}")
         return "  ".join(parts)
