@@ -22,7 +22,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from delfi.config import ConfigError, parse_overrides, require_number
+from delfi.config import ConfigError, _describe, parse_overrides, require_number
 from delfi.models.r2d2 import Arch
 from delfi.train.losses.r2d2 import RELIABILITY_LOSSES
 from delfi.train.losses.repeatability import PATCH_NORMS, PEAKY_PADDINGS, SIMILARITIES
@@ -321,9 +321,7 @@ def resolve_train_config(
         try:
             config = OmegaConf.merge(config, OmegaConf.create(dict(layer)))
         except OmegaConfBaseException as exc:
-            key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
-            message = str(exc).splitlines()[0]
-            raise ConfigError(f"{source}: {key}: {message}" if key else f"{source}: {message}") from None
+            raise ConfigError(f"{source}: {_describe(exc)}") from None
     try:
         result: TrainConfig = OmegaConf.to_object(config)  # type: ignore[assignment]
     except ValueError as exc:  # a section's own check (loss.sampler: SamplerConfig.__post_init__)
