@@ -26,8 +26,7 @@ from delfi.models.networks import DELFNet, StrideIn
 from delfi.models.resnet import NORMALISATION, load_imagenet_state_dict
 from delfi.types import Features
 
-__all__ = ["DELF", "DELFConfig", "DELFNet", "StrideIn", "AttentionBackbone", "CHECKPOINT_KEY", "save_delfi_checkpoint",
-           "load_delfi_checkpoint"]
+__all__ = ["DELF", "DELFConfig", "DELFNet", "StrideIn", "AttentionBackbone", "CHECKPOINT_KEY", "save_delfi_checkpoint"]
 
 
 @dataclass
@@ -86,18 +85,6 @@ def validate_backbone(config: Any) -> None:
         raise ConfigError(f"precision: float32 or bfloat16, got {config.precision!r}")
     if not config.scales or min(config.scales) <= 0:
         raise ConfigError(f"scales: a non-empty list of positive scales, got {config.scales}")
-
-
-def load_delfi_checkpoint(path: str | os.PathLike, family: str) -> tuple[dict, dict[str, Tensor]]:
-    """(metadata, state dict) of a delfi checkpoint of ``family``; tensors only, nothing executed.
-
-    Kept for earlier callers: `delfi.models.checkpoints.load_checkpoint` reads every kind.
-    """
-    from delfi.models.checkpoints import load_checkpoint
-
-    info = load_checkpoint(path).require_family(family)
-    meta = {"family": info.family, "config": info.config, "normalisation": info.normalisation, "provenance": info.provenance}
-    return meta, info.state_dict
 
 
 def save_delfi_checkpoint(model: nn.Module, path: str | os.PathLike, provenance: dict | None = None) -> None:
