@@ -96,6 +96,14 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, checkpoint):
     assert result.exit_code == 2 and "is a file" in result.output and afile.read_text() == "x"
 
 
+def test_demo_images_below_min_size_are_refused_by_name(tmp_path, checkpoint):
+    result = invoke("demo", "--weights", checkpoint, "--out", tmp_path / "demo", "--size", "48", "--scenes", "1",
+                    "--views", "1", "--distractors", "0", "min_size=256")
+    assert result.exit_code == 1, result.output
+    assert "have no keypoints" in result.output and "min_size = 256" in result.output
+    assert "unexpected error" not in result.output
+
+
 def test_demo_without_scikit_image_says_what_to_install(tmp_path, checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage", None)  # import skimage -> ImportError
     result = invoke("demo", "--weights", checkpoint, "--out", tmp_path / "demo", *TINY, *LOW)

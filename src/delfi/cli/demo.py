@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from delfi.cli.common import EXIT_USAGE, ProgressBar, fail, load_model
+from delfi.cli.common import EXIT_FAILED, EXIT_USAGE, ProgressBar, fail, load_model
 
 DEMO_SETTINGS = ["top_k=1000"]
 """Preset overrides of the demo (before the user's, which win): 1000 keypoints per image."""
@@ -37,7 +37,8 @@ def demo(
     draw matches and score maps, and write a self-contained report.html."""
     from delfi.config import ConfigError, config_to_dict
     from delfi.demo.photos import MissingSkimageError, data_dir
-    from delfi.demo.run import DemoFolderError, DemoOptions, asmk_available, check_folder, claim_folder, run_demo
+    from delfi.demo.run import (DemoFolderError, DemoOptions, DemoRunError, asmk_available, check_folder, claim_folder,
+                                run_demo)
     from delfi.demo.summary import summary_table
     from delfi.models import resolve_config
     from delfi.models.weights import WeightsError, resolve_weights
@@ -69,7 +70,10 @@ def demo(
         raise fail(str(exc)) from None
     console = Console()
     options = DemoOptions(size=size, scenes=scenes, views=views, distractors=distractors, seed=seed, index=index)
-    result = run_demo(model, config_to_dict(config), out, options, progress=ProgressBar,
-                      log=lambda text: console.print(text, highlight=False))
+    try:
+        result = run_demo(model, config_to_dict(config), out, options, progress=ProgressBar,
+                          log=lambda text: console.print(text, highlight=False))
+    except DemoRunError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
     console.print(summary_table(result, f"delfi demo ({preset}, seed {seed}) -> {out}/"))
     console.print(f"report: {result.files['report']}", highlight=False, soft_wrap=True)

@@ -36,7 +36,7 @@ import numpy as np
 
 from delfi.demo.scene import DemoSet, build_scene_set
 
-__all__ = ["DemoOptions", "DemoResult", "run_demo", "MARKER", "PRODUCTS", "DemoFolderError", "check_folder",
+__all__ = ["DemoOptions", "DemoResult", "run_demo", "MARKER", "PRODUCTS", "DemoFolderError", "DemoRunError", "check_folder",
            "claim_folder", "asmk_available"]
 
 MARKER = ".delfi-demo"
@@ -47,6 +47,10 @@ MMA_THRESHOLDS = (1, 3, 5)
 
 class DemoFolderError(ValueError):
     """The output folder cannot be used (exists, not made by the demo; or is a file)."""
+
+
+class DemoRunError(RuntimeError):
+    """The run cannot go on (an image failed to extract, or has no keypoints); the message says why."""
 
 
 @dataclass
@@ -181,10 +185,15 @@ def run_demo(model: Any, config: dict[str, Any], out: str | Path, options: DemoO
                                   on_image=lambda entry, status: bar.advance(entry.name, status))
     result.failures.extend(report.failures)
     if report.failures:
-        raise RuntimeError(f"extraction failed for {len(report.failures)} image(s), first: "
+        raise DemoRunError(f"extraction failed for {len(report.failures)} image(s), first: "
                            f"{report.failures[0][0]}: {report.failures[0][1]}")
     with FeatureStore(store_path) as store:
         counts = [len(store[name]) for name in demo.names]
+    empty = [name for name, n in zip(demo.names, counts) if n == 0]
+    if empty:
+        hint = (f" (the images are {options.size} px; the config processes images of at least min_size = "
+                f"{config['min_size']} px: give a larger --size or min_size=...)") if "min_size" in config else ""
+        raise DemoRunError(f"{len(empty)} of the {len(counts)} demo images have no keypoints, e.g. {empty[0]}{hint}")
     result.features_per_image = float(np.mean(counts)) if counts else 0.0
     result.files["features"] = store_path
 
