@@ -135,6 +135,7 @@ def test_demo_report_renders_in_chromium(tiny_run, tmp_path):
     assert 'data-rendered="2"' in done.stdout and 'id="score-maps"' in done.stdout
 
 
+@pytest.mark.slow
 def test_demo_with_the_official_weights_finds_every_scene(shared_data, tmp_path):
     weights = shared_data / "r2d2" / "models" / "r2d2_WASF_N16.pt"
     if not weights.is_file():
