@@ -147,19 +147,9 @@ def run_worker(mode: str, spec: dict, work: Path) -> dict:
 # ------------------------------------------------------------------------------------------- main
 
 
-def _jsonable(value):
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def main() -> None:
+    from delfi.eval.results import json_safe
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", default=str(DATA / "r2d2" / "models" / "r2d2_WASF_N16.pt"))
     parser.add_argument("--weights", action="append", default=[], help="more R2D2-family weights (repeatable)")
@@ -174,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(_jsonable((speed_worker if args.worker == "speed" else eval_worker)(json.loads(args.spec), args.work))))
+        print(json.dumps(json_safe((speed_worker if args.worker == "speed" else eval_worker)(json.loads(args.spec), args.work))))
         return
     if not (DATA / "hpatches" / SEQUENCE).is_dir() or not (DATA / "evd").is_dir():
         sys.exit(f"test data not found under {DATA} (set DELFI_TEST_DATA)")
@@ -198,7 +188,7 @@ def main() -> None:
             entry["wall_seconds"] = time.perf_counter() - started
             results["methods"][spec["name"]] = entry
             print(f"{spec['name']}: done in {entry['wall_seconds']:.0f} s", file=sys.stderr)
-    text = json.dumps(_jsonable(results), indent=2)
+    text = json.dumps(json_safe(results), indent=2)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
     print(text)
