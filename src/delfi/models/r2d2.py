@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from delfi.extract.detect import top_k_indices
 from delfi.extract.pyramid import iterate_levels, level_factors, r2d2_levels
 from delfi.models.capabilities import LOCAL, SCALES
-from delfi.models.checkpoints import CheckpointError, CheckpointInfo, load_checkpoint
+from delfi.models.checkpoints import CheckpointError, CheckpointInfo, load_checkpoint, load_state_dict_checked
 from delfi.models.l2net import R2D2Net
 from delfi.models.l2net_inference import L2NetInference
 from delfi.models.modes import inference_method
@@ -158,9 +158,7 @@ class R2D2(nn.Module):
         found = {key: info.config.get(key) for key in wanted}
         if found != wanted:
             raise CheckpointError(f"{path}: checkpoint network {found} does not match the config {wanted}")
-        missing, unexpected = self.network.load_state_dict(info.state_dict, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: state dict mismatch (missing {missing}, unexpected {unexpected})")
+        load_state_dict_checked(self.network, info.state_dict, str(path))
         self.weights_path, self.weights_sha256 = Path(path), sha256_file(path)
         self._runner = None
         return self
