@@ -29,7 +29,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import numpy as np
@@ -79,7 +79,6 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     files: dict[str, Path] = field(default_factory=dict)
     positives: dict[str, list[str]] = field(default_factory=dict)  # query -> its views
-    failures: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,7 +86,7 @@ class DemoResult:
             "features_per_image": self.features_per_image, "index": self.index_kind,
             "before_rerank": self.before, "after_rerank": self.after,
             "mma": {str(t): v for t, v in self.mma.items()}, "mean_matches_per_view": self.mean_matches,
-            "seconds": self.timings, "failures": [list(f) for f in self.failures],
+            "seconds": self.timings,
             "files": {k: str(v) for k, v in self.files.items()},
         }
 
@@ -183,7 +182,6 @@ def run_demo(model: Any, config: dict[str, Any], out: str | Path, options: DemoO
     with _Timer(t, "extract"), _bar(progress, len(entries), "extracting") as bar:
         report = extract_to_store(model, entries, store_path, config=config,
                                   on_image=lambda entry, status: bar.advance(entry.name, status))
-    result.failures.extend(report.failures)
     if report.failures:
         raise DemoRunError(f"extraction failed for {len(report.failures)} image(s), first: "
                            f"{report.failures[0][0]}: {report.failures[0][1]}")
@@ -321,9 +319,12 @@ def homography_mma(store_path: Path, demo: DemoSet) -> tuple[dict[int, float], f
     return mma, float(np.mean(counts)) if counts else 0.0
 
 
+def _stem(name: str) -> str:
+    return PurePosixPath(name).stem  # "db/camera-1.png" -> "camera-1"
+
+
 def _picture_name(query: str, db: str) -> str:
-    stem = lambda name: name.rsplit("/", 1)[-1].rsplit(".", 1)[0]  # noqa: E731
-    return f"{stem(query)}--{stem(db)}.png"
+    return f"{_stem(query)}--{_stem(db)}.png"
 
 
 def _match_pictures(reranked, matches_path: Path, store_path: Path, demo: DemoSet, folder: Path, per_query: int):
@@ -361,7 +362,7 @@ def _score_map(model: Any, demo: DemoSet, folder: Path) -> Path:
     query = demo.queries[0]
     rgb = np.asarray(Image.open(demo.path(query)).convert("RGB"))
     reliability, repeatability = dense_maps(model, rgb)
-    return plot_score_maps(rgb, reliability, repeatability, folder / (query.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".png"),
+    return plot_score_maps(rgb, reliability, repeatability, folder / f"{_stem(query)}.png",
                            title=f"{query}: dense network outputs at {rgb.shape[1]}x{rgb.shape[0]}")
 
 
