@@ -17,12 +17,11 @@ __all__ = ["dense_maps", "plot_score_maps"]
 
 
 def _network(model: Any):
-    """The model's dense network: ``model.network`` (newer models) or ``model.net`` (R2D2 today)."""
-    for attribute in ("network", "net"):
-        net = getattr(model, attribute, None)
-        if net is not None and callable(net):
-            return net
-    raise AttributeError(f"{type(model).__name__} exposes no dense network (.network or .net)")
+    """The model's dense network, ``model.network`` (R2D2; ``model.net`` is an alias of it)."""
+    net = getattr(model, "network", None)
+    if net is None or not callable(net):
+        raise AttributeError(f"{type(model).__name__} exposes no dense network (.network)")
+    return net
 
 
 def dense_maps(model: Any, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
