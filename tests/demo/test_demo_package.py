@@ -105,3 +105,19 @@ def test_claim_folder_rules(tmp_path):
         check_folder(foreign)
     check_folder(tmp_path / "new")  # accepted, and nothing is made
     assert not (tmp_path / "new").exists() and sorted(p.name for p in foreign.iterdir()) == ["x"]
+
+
+def test_a_rerun_removes_only_the_files_the_last_run_listed(tmp_path):
+    from delfi.demo.run import _product_files, _write_marker
+
+    out = tmp_path / "demo"
+    claim_folder(out)
+    (out / "maps").mkdir()
+    (out / "maps" / "astronaut.png").write_bytes(b"demo's")
+    (out / "images" / "db").mkdir(parents=True)
+    (out / "images" / "db" / "a.png").write_bytes(b"demo's")
+    _write_marker(out, _product_files(out))  # as a finished run does
+    (out / "maps" / "mine.png").write_bytes(b"a user's")  # put there after the run
+    claim_folder(out)
+    assert not (out / "maps" / "astronaut.png").exists() and not (out / "images").exists()
+    assert (out / "maps" / "mine.png").read_bytes() == b"a user's"

@@ -23,9 +23,9 @@ else VLAD (`delfi.demo.vlad`, 32 words) in an exact `GlobalIndex`. ``index="asmk
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -114,19 +114,61 @@ def check_folder(out: Path) -> None:
 
 def claim_folder(out: Path) -> None:
     """Make ``out`` the demo folder (`check_folder` first): created, or reused when it holds the
-    demo's marker (its old products, and only those, are removed)."""
+    demo's marker. On reuse, the top-level products (fixed names: ``features.h5``, ``report.html``,
+    ...) and exactly the files the last run listed in the marker under its product folders are
+    removed (and folders left empty by that); a file a user put in those folders stays."""
     out = Path(out)
     check_folder(out)
     if (out / MARKER).is_file():
-        for name in PRODUCTS:
-            path = out / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
+        top = [out / name for name in PRODUCTS if not (out / name).is_dir() or (out / name).is_symlink()]
+        for path in [*top, *_previous_products(out)]:  # the top-level products have fixed names
+            if path.is_file() or path.is_symlink():
                 path.unlink()
+        for name in PRODUCTS:  # product folders left empty, deepest first
+            folder = out / name
+            if folder.is_dir() and not folder.is_symlink():
+                for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
+                                  key=lambda p: len(p.parts), reverse=True) + [folder]:
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()  # only when empty
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"made_by": "delfi demo"}) + "\n", encoding="utf-8")
+    _write_marker(out, [])
     (out / ".gitignore").write_text("# written by `delfi demo`: git ignores this folder\n*\n", encoding="utf-8")
+
+
+def _product_files(out: Path) -> list[str]:
+    """Files (relative posix paths) now under the demo's product names in ``out``."""
+    found = []
+    for name in PRODUCTS:
+        path = out / name
+        if path.is_symlink() or path.is_file():
+            found.append(name)
+        elif path.is_dir():
+            found += [p.relative_to(out).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink()]
+    return sorted(found)
+
+
+def _previous_products(out: Path) -> list[Path]:
+    """The files the marker says the last run wrote, each a path inside ``out`` (others ignored)."""
+    try:
+        listed = json.loads((out / MARKER).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):  # a marker without a list: nothing is provably the demo's
+        return []
+    root = out.resolve()
+    paths = []
+    for rel in listed:
+        if not isinstance(rel, str) or rel.startswith("/") or ".." in rel.split("/"):
+            continue
+        path = out / rel
+        if path.parent.resolve() == root or root in path.parent.resolve().parents:
+            paths.append(path)
+    return paths
+
+
+def _write_marker(out: Path, files: list[str]) -> None:
+    (out / MARKER).write_text(json.dumps({"made_by": "delfi demo", "files": files}) + "\n", encoding="utf-8")
 
 
 class _Timer:
@@ -169,6 +211,7 @@ def run_demo(model: Any, config: dict[str, Any], out: str | Path, options: DemoO
     out = Path(out)
     result = DemoResult(out)
     t = result.timings
+    before = set(_product_files(out))  # a user's files already there: never listed as the demo's
 
     with _Timer(t, "images"):
         demo = build_scene_set(out / "images", size=options.size, n_scenes=options.scenes, views=options.views,
@@ -223,6 +266,7 @@ def run_demo(model: Any, config: dict[str, Any], out: str | Path, options: DemoO
                                                result)
     (out / "summary.json").write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
     result.files["summary"] = out / "summary.json"
+    _write_marker(out, sorted(set(_product_files(out)) - before))  # what this run wrote: the next one removes it
     return result
 
 
@@ -372,21 +416,14 @@ def _write_report(path: Path, ranking, reranked, demo: DemoSet, pictures, score_
 
     relevance = {q: {"positive": set(demo.positives[q]), "junk": set()} for q in demo.queries}
     summary = dict(summary_rows(result, timings=False))
-    written = write_report(path, reranked, image_path=demo.path, before=ranking, relevance=relevance,
-                           match_pictures=pictures, top_n=min(10, len(demo.database)), title="delfi demo",
-                           summary=summary)
-    _embed_score_map(written, score_map)
-    return written
+    return write_report(path, reranked, image_path=demo.path, before=ranking, relevance=relevance,
+                        match_pictures=pictures, top_n=min(10, len(demo.database)), title="delfi demo",
+                        summary=summary, extra_html=_score_map_section(score_map))
 
 
-def _embed_score_map(report: Path, picture: Path) -> None:
-    """Insert the score-map picture (embedded as a data URI) above the report's query sections."""
-    page = report.read_text(encoding="utf-8")
+def _score_map_section(picture: Path) -> str:
+    """The score-map picture as a report section (the PNG embedded as a data URI)."""
     data = base64.b64encode(picture.read_bytes()).decode("ascii")
-    section = (f'<section id="score-maps"><h2>score maps</h2><p>{html.escape(picture.name)}: the network\'s '
-               'repeatability and reliability; keypoints are where both are high.</p>'
-               f'<img alt="score maps" style="max-width:100%" src="data:image/png;base64,{data}"></section>')
-    marker = "\n<main>"
-    if marker in page:
-        page = page.replace(marker, f"\n{section}{marker}", 1)
-        report.write_text(page, encoding="utf-8")
+    return (f'<section id="score-maps"><h2>score maps</h2><p>{html.escape(picture.name)}: the network\'s '
+            'repeatability and reliability; keypoints are where both are high.</p>'
+            f'<img alt="score maps" style="max-width:100%" src="data:image/png;base64,{data}"></section>')

@@ -357,6 +357,7 @@ def write_report(
     thumb_size: int = 160,
     title: str = "delfi retrieval report",
     summary: dict[str, Any] | None = None,
+    extra_html: str = "",
 ) -> Path:
     """Write a self-contained HTML page showing each query's top ``top_n`` results.
 
@@ -372,6 +373,8 @@ def write_report(
             junk or wrong (every other name). A query missing from it is left unmarked.
         match_pictures: ``(query, db name) -> PNG`` of the verified pair, linked from the card by
             a path relative to the report's folder.
+        extra_html: trusted HTML (e.g. figure sections; the caller escapes what it interpolates),
+            placed after the summary and legend, before the filter box and the query sections.
         top_n: results shown per query.
         thumb_size: longest side of the embedded thumbnails, in pixels.
         title: page title and heading.
@@ -414,7 +417,7 @@ def write_report(
         f"<body><h1>{head_title}</h1>"
         f'<p class="meta">{len(ranking)} queries, {len(ranking.database)} database images, '
         f'top {top_n} results per query. <span id="shown"></span></p>'
-        f"{_summary_table(summary)}{_legend(relevance is not None, before is not None)}"
+        f"{_summary_table(summary)}{_legend(relevance is not None, before is not None)}{extra_html}"
         '<input id="filter" type="search" placeholder="filter queries by name" aria-label="filter queries" hidden>'
         f"\n<main>{body}</main>\n{_json_script(data)}\n<script>{SCRIPT}</script></body></html>\n"
     )
