@@ -1,9 +1,10 @@
 """Benchmark of candidate default models against OpenCV SIFT and the official R2D2 weights, as JSON.
 
-    python benchmarks/default_model.py [--official PATH] [--weights W ...] [--no-sift] [--no-official]
+    python benchmarks/default_model.py [--official PATH] [--weights W ...] [--no-default] [--no-sift] [--no-official]
                                        [--out results.json] [key=value ...]
 
-Methods: OpenCV SIFT (5000 features, L2-normalised descriptors, mutual nearest neighbours); the
+Methods: delfi's default model (the embedded ``delfi-lite`` weights with the ``delfi-lite`` preset;
+``--no-default`` leaves it out); OpenCV SIFT (5000 features, L2-normalised descriptors, mutual nearest neighbours); the
 official ``r2d2_WASF_N16`` weights (``--official``, default ``../shared/data/r2d2/models/...``,
 ``DELFI_TEST_DATA`` overrides the data root); every ``--weights`` (name or path: e.g. the future
 default model) with ``--preset`` (default r2d2) and the trailing ``key=value`` settings.
@@ -153,7 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", default=str(DATA / "r2d2" / "models" / "r2d2_WASF_N16.pt"))
     parser.add_argument("--weights", action="append", default=[], help="more R2D2-family weights (repeatable)")
-    parser.add_argument("--preset", default="r2d2")
+    parser.add_argument("--preset", default="r2d2", help="preset of the official and --weights methods")
+    parser.add_argument("--no-default", action="store_true", help="leave out delfi's default model (delfi-lite)")
     parser.add_argument("--no-sift", action="store_true")
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument("--out", type=Path, help="write the JSON here too")
@@ -169,6 +171,9 @@ def main() -> None:
     if not (DATA / "hpatches" / SEQUENCE).is_dir() or not (DATA / "evd").is_dir():
         sys.exit(f"test data not found under {DATA} (set DELFI_TEST_DATA)")
     specs = []
+    if not args.no_default:
+        specs.append({"name": "delfi-lite (default)", "kind": "delfi", "preset": "delfi-lite", "weights": "delfi-lite",
+                      "settings": args.settings})
     if not args.no_sift:
         specs.append({"name": "sift-5000", "kind": "sift"})
     if not args.no_official:

@@ -22,6 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 
+DEFAULT_PRESET = "delfi-lite"
+"""The preset of commands and functions given none: delfi's own model, embedded in the package."""
+
+
 class ConfigError(ValueError):
     """An invalid preset, key or value; the message says which and what is allowed."""
 

@@ -112,10 +112,21 @@ def test_demo_without_scikit_image_says_what_to_install(tmp_path, checkpoint, mo
     assert not (tmp_path / "demo").exists()
 
 
-def test_demo_without_weights_says_how_to_get_them(tmp_path):
-    result = invoke("demo", "--out", tmp_path / "demo")  # DELFI_HOME is empty in tests: nothing cached
+def test_demo_without_weights_runs_on_the_embedded_default_model(tmp_path):
+    """What `make demo` does on a fresh machine (DELFI_HOME is empty in tests: nothing cached, no network)."""
+    out = tmp_path / "demo"
+    result = invoke("demo", "--out", out, "--size", "320", "--scenes", "3", "--views", "2", "--distractors", "3")
+    assert result.exit_code == 0, result.output
+    assert "delfi-lite" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["after_rerank"]["recall@1"] == 100.0 and summary["after_rerank"]["map"] >= 90.0
+    assert summary["mma"]["3"] > 0.5
+
+
+def test_demo_with_weights_not_cached_says_how_to_get_them(tmp_path):
+    result = invoke("demo", "--weights", "r2d2-wasf-n16", "--preset", "r2d2", "--out", tmp_path / "demo")
     assert result.exit_code == 2
-    assert "The demo needs weights" in result.output and "--weights PATH" in result.output
+    assert "The demo needs weights" in result.output and "delfi weights download" in result.output
     assert not (tmp_path / "demo").exists()
     result = invoke("demo", "--weights", tmp_path / "missing.pt", "--out", tmp_path / "demo")
     assert result.exit_code == 2 and "missing.pt" in result.output

@@ -121,6 +121,7 @@ def _weights_dir_entries() -> list[str]:
 def test_table_has_the_r2d2_checkpoints_and_torchvision_backbones() -> None:
     names = [i.name for i in w.list_weights()]
     assert names == [
+        "delfi-lite",
         "r2d2-waf-n16",
         "r2d2-wasf-n16",
         "r2d2-wasf-n8-big",
@@ -130,7 +131,9 @@ def test_table_has_the_r2d2_checkpoints_and_torchvision_backbones() -> None:
     ]
     for info in w.list_weights():
         assert KNOWN_WEIGHTS[info.name] is info
-        if info.source == "naver/r2d2":
+        if info.source == "delfi":
+            assert info.embedded and info.url == "" and info.recipe and "Apache-2.0" in info.licence
+        elif info.source == "naver/r2d2":
             assert not info.sha256_is_prefix
             assert re.fullmatch(r"[0-9a-f]{64}", info.sha256)
             assert info.sha256_text == info.sha256

@@ -292,3 +292,25 @@ def test_config_is_strict():
     assert R2D2LossConfig.from_mapping({"sampler": {"subq": 4}}).sampler.subq == 4
     with pytest.raises(ValueError, match="even"):
         R2D2LossConfig(N=7)
+
+
+@pytest.mark.parametrize("reliability", ["ap", "hardnet"])
+def test_descriptor_term_keeps_descriptors_learning_where_reliability_has_collapsed(reliability):
+    """With reliability ~0 everywhere the reliability loss leaves the descriptors almost no gradient;
+    ``descriptor_weight`` adds the plain AP (or unweighted triplet) loss, which does not depend on it."""
+    def descriptor_gradient(weight: float) -> tuple[float, dict]:
+        out1, (raw1, _, _) = fake_outputs(2, 48, 48, 0, True)
+        out2, _ = fake_outputs(2, 48, 48, 1, True)
+        collapsed = {**out1, "reliability": out1["reliability"] * 1e-4}
+        config = {"N": 8, "reliability": reliability, "descriptor_weight": weight, "repeatability_weight": 0, "peaky_weight": 0}
+        losses = r2d2_loss(collapsed, {**out2, "reliability": out2["reliability"] * 1e-4}, identity_flow(2, 48, 48), None,
+                           config, torch.Generator().manual_seed(0))
+        losses["total"].backward()
+        return raw1.grad.abs().sum().item(), losses
+
+    without, plain = descriptor_gradient(0.0)
+    with_term, losses = descriptor_gradient(1.0)
+    assert "descriptor" not in plain and set(losses) == {"total", "reliability", "repeatability", "peaky", "descriptor"}
+    assert losses["total"].item() == pytest.approx(losses["reliability"].item() + losses["descriptor"].item(), abs=1e-6)
+    assert losses["reliability"].item() == pytest.approx(plain["reliability"].item(), abs=1e-6)
+    assert with_term > 100 * without

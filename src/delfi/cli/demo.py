@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from delfi.config import DEFAULT_PRESET
 from delfi.cli.common import EXIT_FAILED, EXIT_USAGE, ProgressBar, fail, load_model
 
 DEMO_SETTINGS = ["top_k=1000"]
@@ -21,7 +22,7 @@ DEMO_SETTINGS = ["top_k=1000"]
 
 
 def demo(
-    preset: str = typer.Option("r2d2", "--preset", "-p", help="Preset name or YAML file."),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", "-p", help="Preset name or YAML file."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Known weights name or checkpoint path."),
     out: Path = typer.Option(Path("delfi-demo"), "--out", "-o",
                              help="Folder for the demo's files (new, empty, or one made by the demo)."),

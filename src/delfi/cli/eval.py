@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from delfi.config import DEFAULT_PRESET
 from delfi.cli.common import FAILURES_SHOWN, ProgressBar, fail, load_model, refuse_output_among_inputs, stderr_console
 
 app = typer.Typer(help="Benchmarks: HPatches (MMA, homography accuracy), EVD, revisited Oxford/Paris, place recognition.", no_args_is_help=True)
@@ -120,7 +121,7 @@ def _status_line(counts: dict) -> str:
 @app.command("hpatches")
 def hpatches(
     root: Path = typer.Option(..., "--root", help="HPatches-sequences folder (<seq>/1.ppm..6.ppm, H_1_k)."),
-    preset: str = typer.Option("r2d2", "--preset", "-p"),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", "-p"),
     weights: Optional[str] = typer.Option(None, "--weights", "-w"),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (<out>/hpatches/<method>/)."),
     method: Optional[str] = typer.Option(None, "--method", help="Name of this run (default: preset-weights-confighash, from the weights' content)."),
@@ -170,7 +171,7 @@ def hpatches(
 @app.command("evd")
 def evd(
     root: Path = typer.Option(..., "--root", help="EVD folder (1/, 2/, h/)."),
-    preset: str = typer.Option("r2d2", "--preset", "-p"),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", "-p"),
     weights: Optional[str] = typer.Option(None, "--weights", "-w"),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (<out>/evd/<method>/)."),
     method: Optional[str] = typer.Option(None, "--method"),

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from delfi.config import DEFAULT_PRESET
 from delfi.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -38,7 +39,7 @@ _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^(nan|inf|true|fa
 
 def extract(
     inputs: List[Path] = typer.Argument(..., help="Image files, folders, or .txt lists of image paths."),
-    preset: str = typer.Option("r2d2", "--preset", "-p", help="Preset name (see `delfi presets`) or YAML file."),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", "-p", help="Preset name (see `delfi presets`) or YAML file."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Known weights name or checkpoint path."),
     out: Path = typer.Option(Path("features.h5"), "--out", "-o", help="Feature store (HDF5) to write or resume."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Config override key=value (repeatable)."),

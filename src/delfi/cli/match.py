@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from delfi.config import DEFAULT_PRESET
 from delfi.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -80,7 +81,7 @@ def match(
     features_db: Optional[Path] = typer.Option(None, "--features-db", help="Store of the second images, if different."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Pairs file `name0 name1` (pairs mode)."),
     out: Path = typer.Option(Path("matches.h5"), "--out", "-o", help="Match store to write or resume (pairs mode)."),
-    preset: str = typer.Option("r2d2", "--preset", "-p", help="Preset for extraction (two-image mode)."),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", "-p", help="Preset for extraction (two-image mode)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights name or checkpoint path."),
     device: str = typer.Option("cpu", "--device"),
     geometry: str = typer.Option("homography", "--geometry", "-g", help="homography | fundamental | affine | none."),

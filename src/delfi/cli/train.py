@@ -147,3 +147,41 @@ def _misconfiguration():
         return MisconfigurationException
     except ImportError:  # pragma: no cover
         return ()
+
+
+@app.command("export")
+def export(
+    checkpoint: Path = typer.Argument(..., help="A training checkpoint (a run's best.ckpt / last.ckpt) or any delfi weights file."),
+    out: Path = typer.Option(..., "--out", help="The weights file to write (e.g. my-model.pt); an existing file needs --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it is a delfi weights file."),
+) -> None:
+    """Write a training checkpoint's network as a small weights file for `delfi extract --weights`.
+
+    Only the network's tensors and how they were made (architecture, seed, steps, data, command)
+    are kept; the optimiser state and the training loops are dropped.
+    """
+    from delfi.cli.common import prepare_output_file, refuse_output_among_inputs
+    from delfi.models.checkpoints import CheckpointError, load_checkpoint
+    from delfi.train.export import export_weights
+
+    console = stderr_console()
+    if not checkpoint.is_file():
+        raise fail(f"{checkpoint}: no such checkpoint file")
+    refuse_output_among_inputs(out, [checkpoint])
+    if out.exists() and not overwrite:
+        raise fail(f"{out} exists: pass --overwrite to replace it")
+    if out.exists():
+        try:
+            kind = load_checkpoint(out).kind
+        except CheckpointError:
+            kind = None
+        if kind != "delfi":
+            raise fail(f"{out} is not a weights file delfi wrote: not replacing it") from None
+    prepare_output_file(out)
+    try:
+        path = export_weights(checkpoint, out)
+    except (CheckpointError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    from delfi.models.weights import sha256_file
+
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, sha256 {sha256_file(path)})", highlight=False, soft_wrap=True)

@@ -39,7 +39,8 @@ def _info_or_exit(name: str) -> w.WeightsInfo:
 
 @app.command("list")
 def list_command() -> None:
-    """List the known weights, their licences and checksums, and whether each is cached."""
+    """List the known weights, their licences and checksums, whether each is cached (or embedded in
+    delfi), and for the weights delfi trained itself the command that trained them."""
     console = Console()
     if not console.is_terminal and console.width < 200:
         # Piped output: do not squeeze the full sha256 into 80 columns.
@@ -52,16 +53,22 @@ def list_command() -> None:
     table.add_column("sha256", no_wrap=True, overflow="fold")
     table.add_column("cached", no_wrap=True)
     for info in w.list_weights():
-        cached = w.cached_path(info).is_file()
+        present = w.cached_path(info).is_file()
+        cached = "[green]embedded[/green]" if info.embedded and present else "[green]yes[/green]" if present else "no"
         table.add_row(
             escape(info.name),
             escape(info.preset or "-"),  # "" = a backbone that no preset loads directly
             escape(info.licence),
             escape(info.source),
             escape(info.sha256_text),  # "<8+ hex digits>… (prefix)" when only a prefix is known
-            "[green]yes[/green]" if cached else "no",
+            cached,
         )
     console.print(table)
+    for info in w.list_weights():
+        if info.recipe:
+            default = " (the default)" if info.name == w.DEFAULT_WEIGHTS else ""
+            console.print(f"[bold]{escape(info.name)}[/bold]{default}: {escape(info.description)}; "
+                          f"trained by: [cyan]{escape(info.recipe)}[/cyan]", soft_wrap=True, highlight=False)
 
 
 @app.command("download")

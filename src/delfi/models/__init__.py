@@ -19,7 +19,7 @@ import warnings
 from importlib import import_module
 from typing import Any, Mapping, Sequence
 
-from delfi.config import ConfigError, build_config, load_preset, parse_overrides, preset_names
+from delfi.config import DEFAULT_PRESET, ConfigError, build_config, load_preset, parse_overrides, preset_names
 from delfi.models.capabilities import supports  # noqa: F401 - public: `delfi.models.supports(model, "global")`
 
 class RandomWeightsWarning(UserWarning):
@@ -49,7 +49,7 @@ def family_classes(family: str) -> tuple[type, type]:
 
 
 def resolve_config(
-    preset: str | os.PathLike = "r2d2",
+    preset: str | os.PathLike = DEFAULT_PRESET,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> Any:
     """The validated config object of ``preset`` with ``overrides`` (``key=value`` strings or a dict)."""
@@ -61,7 +61,7 @@ def resolve_config(
 
 
 def create(
-    preset: str | os.PathLike = "r2d2",
+    preset: str | os.PathLike = DEFAULT_PRESET,
     *,
     weights: str | os.PathLike | None = None,
     device: str = "cpu",

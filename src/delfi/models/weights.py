@@ -80,6 +80,10 @@ class WeightsInfo:
         description: one line about what the weights are.
         sha256_is_prefix: `sha256` is a prefix of the file's digest, not the full digest (e.g.
             torch hub's ``<arch>-<8 hex digits>.pth`` files, whose full digest is not published).
+        embedded: the file ships inside the delfi package (``delfi/models/embedded/<filename>``):
+            it is always there, nothing is downloaded, and `cached_path` is that file.
+        recipe: how the weights were made, for weights delfi trained itself: the command (the full
+            recipe is in the repository's ``recipes/`` folder).
     """
 
     name: str
@@ -91,6 +95,8 @@ class WeightsInfo:
     source: str
     description: str
     sha256_is_prefix: bool = False
+    embedded: bool = False
+    recipe: str = ""
 
     def sha256_matches(self, digest: str) -> bool:
         """Whether a file's hex sha256 `digest` is the expected one (starts with it, for a prefix)."""
@@ -153,7 +159,37 @@ def _torchvision(name: str, filename: str, description: str) -> WeightsInfo:
     )
 
 
+DEFAULT_WEIGHTS = "delfi-lite"
+"""delfi's own default local-feature model (embedded in the package; the ``delfi-lite`` preset)."""
+
+_DELFI_LICENCE = "Apache-2.0 (trained by delfi from scratch on public-domain / CC0 photos)"
+
+
+def _embedded(name: str, filename: str, sha256: str, preset: str, description: str, recipe: str) -> WeightsInfo:
+    """Weights delfi trained itself and ships inside the package (no URL: nothing to download)."""
+    return WeightsInfo(
+        name=name,
+        filename=filename,
+        url="",
+        sha256=sha256,
+        preset=preset,
+        licence=_DELFI_LICENCE,
+        source="delfi",
+        description=description,
+        embedded=True,
+        recipe=recipe,
+    )
+
+
 _ENTRIES: tuple[WeightsInfo, ...] = (
+    _embedded(
+        DEFAULT_WEIGHTS,
+        "delfi-lite.pt",
+        "f8fc239cbe0524a9493129cc93db562d6283f972efe910400d6a5ca0aa83a56b",
+        "delfi-lite",
+        "Fast-R2D2 layout, half the channels, 64-D descriptors: HPatches / EVD numbers in the README",
+        "python recipes/default_model/train.py --out RUN",
+    ),
     _r2d2(
         "r2d2-waf-n16",
         "r2d2_WAF_N16.pt",
@@ -293,8 +329,16 @@ def weights_dir() -> Path:
     return delfi_home() / "weights"
 
 
+def embedded_dir() -> Path:
+    """The package folder of the embedded weights (``delfi/models/embedded``)."""
+    return Path(__file__).resolve().parent / "embedded"
+
+
 def cached_path(info: WeightsInfo) -> Path:
-    """Where `info`'s file lives in the cache (whether or not it is there)."""
+    """Where `info`'s file lives (whether or not it is there): the cache, or for embedded weights
+    the file inside the package."""
+    if info.embedded:
+        return embedded_dir() / info.filename
     return weights_dir() / info.filename
 
 
@@ -366,6 +410,11 @@ def _manual_install_hint(info: WeightsInfo) -> str:
 
 
 def _not_found_message(info: WeightsInfo) -> str:
+    if info.embedded:
+        return (
+            f"Weights {info.name!r} ship inside the delfi package, but {cached_path(info)} is missing: "
+            f"the installation is incomplete; reinstall delfi."
+        )
     return (
         f"Weights {info.name!r} are not in the cache ({cached_path(info)} does not exist). "
         f"Download them with `delfi weights download {info.name}`. "
@@ -563,6 +612,10 @@ def download_weights(
     """
     info = name if isinstance(name, WeightsInfo) else get_weights_info(name)
     target = cached_path(info)
+    if info.embedded:
+        if target.is_file():
+            return target
+        raise WeightsNotFoundError.for_weights(info)
     if console is None:
         console = _default_console()
 

@@ -62,6 +62,8 @@ class NetSection:
     mchan: int = 4
     dim: int = 128
     channels_last: Optional[bool] = None  # None: channels-last with bf16 precision (oneDNN / tensor cores), else NCHW
+    init_from: Optional[str] = None  # start from this checkpoint's weights (same architecture), not random ones
+    reinit_heads: List[str] = field(default_factory=list)  # then reset these heads: clf (reliability), sal (repeatability)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class LossSection:
     reliability_weight: float = 1.0
     repeatability_weight: float = 1.0
     peaky_weight: float = 1.0
+    descriptor_weight: float = 0.0  # + plain AP loss (descriptors learn where reliability is low); 0 = official
     nq: int = 20
     base: float = 0.5
     hardnet_margin: float = 1.0
@@ -191,6 +194,15 @@ class TrainConfig:
         require_number("optim.gradient_clip_val", self.optim.gradient_clip_val, low=0)
         require_number("data.val_fraction", self.data.val_fraction, low=0, high=0.9)
         require_number("val.pixel_threshold", self.val.pixel_threshold, low=0, low_open=True)
+        from delfi.train.init import HEADS
+
+        bad_heads = [h for h in self.net.reinit_heads if h not in HEADS]
+        if bad_heads:
+            raise ConfigError(f"net.reinit_heads: unknown head(s) {', '.join(bad_heads)}; choose from {', '.join(HEADS)}")
+        if self.net.init_from is not None and not Path(self.net.init_from).expanduser().is_file():
+            raise ConfigError(f"net.init_from: no such checkpoint file {self.net.init_from}")
+        if self.net.reinit_heads and self.net.init_from is None:
+            raise ConfigError("net.reinit_heads: only with net.init_from (a random network has nothing to reset)")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas: two numbers expected, got {self.optim.betas}")
         if len(self.data.scale_range) != 2:

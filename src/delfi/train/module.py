@@ -63,6 +63,10 @@ class R2D2Module(pl.LightningModule):
         self.config = config
         self.provenance = dict(provenance or {})
         self.net = R2D2Net(config.net.arch.value, config.net.mchan, config.net.dim)
+        if config.net.init_from is not None:
+            from delfi.train.init import initialise_network
+
+            initialise_network(self.net, config.net.init_from, config.net.reinit_heads)
         self.channels_last = uses_channels_last(config)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -116,8 +120,9 @@ class R2D2Module(pl.LightningModule):
             return None
         self.last_loss = float(total.detach())
         self.log("train/loss", total.detach(), batch_size=batch_size)
-        for name in ("reliability", "repeatability", "peaky"):
-            self.log(f"train/{name}", losses[name].detach(), batch_size=batch_size)
+        for name in ("reliability", "repeatability", "peaky", "descriptor"):
+            if name in losses:
+                self.log(f"train/{name}", losses[name].detach(), batch_size=batch_size)
         self.log("train/skipped_nan", float(self.skipped_nan), batch_size=batch_size)
         return total
 

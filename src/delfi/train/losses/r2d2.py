@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from delfi.train.losses.reliability import ap_reliability_loss, hardnet_reliability_loss
+from delfi.train.losses.reliability import ap_reliability_losses, hardnet_reliability_loss
 from delfi.train.losses.repeatability import PATCH_NORMS, PEAKY_PADDINGS, SIMILARITIES, peaky_loss, repeatability_loss
 from delfi.train.losses.sampler import SamplerConfig, sample_scores
 
@@ -36,6 +36,7 @@ class R2D2LossConfig:
     reliability_weight: float = 1.0
     repeatability_weight: float = 1.0
     peaky_weight: float = 1.0
+    descriptor_weight: float = 0.0  # plain AP (ap) / unweighted triplet (hardnet) term; 0 = official
     nq: int = 20  # AP bins
     base: float = 0.5  # AP reliability base
     hardnet_margin: float = 1.0
@@ -103,13 +104,15 @@ def r2d2_loss(
 
     Returns:
         float32 scalars: ``total`` (weighted sum; terms of weight 0 are not computed),
-        ``reliability``, ``repeatability``, ``peaky``.
+        ``reliability``, ``repeatability``, ``peaky``, and ``descriptor`` when ``descriptor_weight``
+        is not 0 (the plain AP loss, or the unweighted triplet loss: descriptors learn wherever the
+        reliability is).
     """
     if not isinstance(config, R2D2LossConfig):
         config = R2D2LossConfig.from_mapping(config)
     zero = flow.new_zeros((), dtype=torch.float32)
     parts = {"reliability": zero, "repeatability": zero, "peaky": zero}
-    if config.reliability_weight:
+    if config.reliability_weight or config.descriptor_weight:
         samples = sample_scores(
             outputs1["descriptors"],
             outputs2["descriptors"],
@@ -121,11 +124,15 @@ def r2d2_loss(
             generator,
         )
         if config.reliability == "ap":
-            parts["reliability"] = ap_reliability_loss(samples, nq=config.nq, base=config.base)
+            parts["reliability"], plain = ap_reliability_losses(samples, nq=config.nq, base=config.base)
         else:
             parts["reliability"] = hardnet_reliability_loss(
                 samples, config.hardnet_margin, config.hardnet_base, config.hardnet_weighted
             )
+            plain = (hardnet_reliability_loss(samples, config.hardnet_margin, use_reliability=False)
+                     if config.descriptor_weight else zero)
+        if config.descriptor_weight:
+            parts["descriptor"] = plain
     if config.repeatability_weight:
         parts["repeatability"] = repeatability_loss(
             outputs1["repeatability"], outputs2["repeatability"], flow, mask, config.repeatability, config.N, config.patch_norm
@@ -137,6 +144,8 @@ def r2d2_loss(
         + config.repeatability_weight * parts["repeatability"]
         + config.peaky_weight * parts["peaky"]
     )
+    if config.descriptor_weight:
+        total = total + config.descriptor_weight * parts["descriptor"]
     return {"total": total, **parts}
 
 

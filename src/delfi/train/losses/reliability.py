@@ -7,7 +7,10 @@ reliabilities at the query and its arg-max positive)::
     loss = mean over valid queries of  1 - a * r - (1 - r) * base
 
 so ``r`` is pushed up where the AP beats ``base`` and down elsewhere. Without reliabilities it is
-``1 - a`` (the official ``PixelAPLoss``).
+``1 - a`` (the official ``PixelAPLoss``). The descriptors' gradient is scaled by ``r``: once ``r``
+has dropped everywhere (early in a short run with a large learning rate, when no AP beats
+``base`` yet) they hardly learn; `ap_reliability_losses` also returns the plain ``1 - a``, which
+`delfi.train.losses.r2d2` can add (``descriptor_weight``) to keep them learning.
 
 ``hardnet_reliability_loss`` (the fork's variant; the exact formula here is delfi's choice): with
 ``s_p`` the (max-pooled) positive cosine, ``s_n`` the hardest negative cosine (largest score among
@@ -30,7 +33,7 @@ from torch import Tensor
 from delfi.train.losses.ap import quantized_ap
 from delfi.train.losses.sampler import SampledScores
 
-__all__ = ["ap_reliability_loss", "hardnet_reliability_loss", "masked_mean"]
+__all__ = ["ap_reliability_loss", "ap_reliability_losses", "hardnet_reliability_loss", "masked_mean"]
 
 
 def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
@@ -42,15 +45,22 @@ def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
 
 def ap_reliability_loss(samples: SampledScores, nq: int = 20, base: float = 0.5, use_reliability: bool = True) -> Tensor:
     """R2D2's reliability loss (scalar float32); see the module docstring."""
+    return ap_reliability_losses(samples, nq, base, use_reliability)[0]
+
+
+def ap_reliability_losses(
+    samples: SampledScores, nq: int = 20, base: float = 0.5, use_reliability: bool = True
+) -> tuple[Tensor, Tensor]:
+    """(R2D2's reliability loss, the plain AP loss ``mean(1 - a)``), scalars float32, from one AP
+    computation; the first is the second when there are no reliabilities or not `use_reliability`."""
     if not 0 <= base < 1:
         raise ValueError(f"base must be in [0, 1), got {base}")
     ap = quantized_ap(samples.scores, samples.labels, nq=nq)
+    plain = masked_mean(1 - ap, samples.valid)
     if use_reliability and samples.reliability is not None:
         r = samples.reliability.float()
-        pixel_loss = 1 - ap * r - (1 - r) * base
-    else:
-        pixel_loss = 1 - ap
-    return masked_mean(pixel_loss, samples.valid)
+        return masked_mean(1 - ap * r - (1 - r) * base, samples.valid), plain
+    return plain, plain
 
 
 def hardnet_reliability_loss(
