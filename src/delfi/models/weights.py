@@ -185,7 +185,7 @@ _ENTRIES: tuple[WeightsInfo, ...] = (
     _embedded(
         DEFAULT_WEIGHTS,
         "delfi-lite.pt",
-        "f8fc239cbe0524a9493129cc93db562d6283f972efe910400d6a5ca0aa83a56b",
+        "13e35e7be875a3bd4063321e980fb766e4a5037a6811b0ef87a71050013d908c",
         "delfi-lite",
         "Fast-R2D2 layout, half the channels, 64-D descriptors: HPatches / EVD numbers in the README",
         "python recipes/default_model/train.py --out RUN",
