@@ -45,9 +45,10 @@ def test_the_embedded_file_records_how_it_was_made():
     from delfi.models.checkpoints import load_checkpoint
     from delfi.train.config import resolve_train_config
 
-    info = load_checkpoint(w.resolve_weights(w.DEFAULT_WEIGHTS)[0])
-    provenance = info.provenance
-    stage1, stage2 = (resolve_train_config(name, []) for name in ("delfi-lite", "delfi-lite-reliability"))
+    path = w.resolve_weights(w.DEFAULT_WEIGHTS)[0]
+    provenance = load_checkpoint(path).provenance
+    stage1 = resolve_train_config("delfi-lite", [])
+    stage2 = resolve_train_config("delfi-lite-reliability", [f"net.init_from={path}"])  # stage 1's checkpoint in the recipe
     assert provenance["stages"] == [
         {"preset": "delfi-lite", "seed": stage1.seed, "steps": stage1.trainer.max_steps},
         {"preset": "delfi-lite-reliability", "seed": stage2.seed, "steps": stage2.trainer.max_steps},
