@@ -12,6 +12,7 @@ from delfi.models.checkpoints import save_checkpoint  # noqa: E402
 from delfi.models.l2net import R2D2Net  # noqa: E402
 from delfi.train.config import resolve_train_config  # noqa: E402
 from delfi.train.module import R2D2Module  # noqa: E402
+from delfi.train.trainer import check_trainer_settings  # noqa: E402
 
 ARCH = ["net.mchan=1", "net.dim=16"]
 
@@ -45,7 +46,20 @@ def test_init_from_refusals_name_the_key(trained, tmp_path):
         resolve_train_config("r2d2", [*ARCH, f"net.init_from={tmp_path / 'missing.pt'}"])
     with pytest.raises(ConfigError, match="net.reinit_heads: unknown head"):
         resolve_train_config("r2d2", [*ARCH, f"net.init_from={path}", "net.reinit_heads=[head]"])
-    with pytest.raises(ConfigError, match="only with net.init_from"):
-        resolve_train_config("r2d2", [*ARCH, "net.reinit_heads=[clf]"])
+    alone = resolve_train_config("delfi-lite-reliability", [])  # a second-stage preset resolves (and lists) alone
+    with pytest.raises(ValueError, match="give net.init_from=CHECKPOINT"):
+        check_trainer_settings(alone)
+    with pytest.raises(ValueError, match="give net.init_from=CHECKPOINT"):
+        R2D2Module(alone)
     with pytest.raises(ValueError, match="holds a .*mchan': 1.* the run trains .*mchan': 2"):
         R2D2Module(resolve_train_config("r2d2", ["net.mchan=2", "net.dim=16", f"net.init_from={path}"]))
+
+
+def test_the_second_stage_preset_without_init_from_is_refused_before_any_file(tmp_path):
+    from tests.train.test_train_cli import delfi, make_photos
+
+    photos = make_photos(tmp_path / "photos", 3)
+    out = tmp_path / "run"
+    result = delfi("train", "r2d2", "--preset", "delfi-lite-reliability", "--images", photos, "--out", out)
+    assert result.exit_code == 2 and "give net.init_from=CHECKPOINT" in result.output and "Traceback" not in result.output
+    assert not out.exists()

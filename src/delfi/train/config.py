@@ -201,8 +201,6 @@ class TrainConfig:
             raise ConfigError(f"net.reinit_heads: unknown head(s) {', '.join(bad_heads)}; choose from {', '.join(HEADS)}")
         if self.net.init_from is not None and not Path(self.net.init_from).expanduser().is_file():
             raise ConfigError(f"net.init_from: no such checkpoint file {self.net.init_from}")
-        if self.net.reinit_heads and self.net.init_from is None:
-            raise ConfigError("net.reinit_heads: only with net.init_from (a random network has nothing to reset)")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas: two numbers expected, got {self.optim.betas}")
         if len(self.data.scale_range) != 2:

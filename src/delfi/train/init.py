@@ -14,10 +14,17 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["HEADS", "initialise_network"]
+__all__ = ["HEADS", "initialise_network", "require_init_for_reinit"]
 
 HEADS = ("clf", "sal")
 """The re-initialisable heads of `R2D2Net`: ``clf`` (reliability), ``sal`` (repeatability)."""
+
+
+def require_init_for_reinit(init_from: str | os.PathLike | None, reinit_heads: Sequence[str]) -> None:
+    """Refuse heads to reset without trained weights to start from (ValueError saying what to give)."""
+    if reinit_heads and init_from is None:
+        raise ValueError(f"net.reinit_heads={list(reinit_heads)} resets heads of a trained network: give "
+                         "net.init_from=CHECKPOINT (e.g. the last.ckpt of a first stage)")
 
 
 def initialise_network(net: nn.Module, checkpoint: str | os.PathLike, reinit_heads: Sequence[str] = ()) -> None:

@@ -63,9 +63,10 @@ class R2D2Module(pl.LightningModule):
         self.config = config
         self.provenance = dict(provenance or {})
         self.net = R2D2Net(config.net.arch.value, config.net.mchan, config.net.dim)
-        if config.net.init_from is not None:
-            from delfi.train.init import initialise_network
+        from delfi.train.init import initialise_network, require_init_for_reinit
 
+        require_init_for_reinit(config.net.init_from, config.net.reinit_heads)
+        if config.net.init_from is not None:
             initialise_network(self.net, config.net.init_from, config.net.reinit_heads)
         self.channels_last = uses_channels_last(config)
         if self.channels_last:

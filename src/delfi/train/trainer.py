@@ -179,10 +179,14 @@ def quiet_lightning() -> None:
 
 def check_trainer_settings(config: TrainConfig) -> None:
     """Raise ValueError when Lightning refuses ``trainer.accelerator / devices / strategy /
-    num_nodes / precision`` on this machine (checked before any file is written)."""
+    num_nodes / precision`` on this machine, or ``net.reinit_heads`` comes without ``net.init_from``
+    (checked before any file is written)."""
     import lightning.pytorch as pl
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from delfi.train.init import require_init_for_reinit
+
+    require_init_for_reinit(config.net.init_from, config.net.reinit_heads)
     quiet_lightning()
     t = config.trainer
     try:
