@@ -16,7 +16,8 @@ Per method:
   5/10/20 px, median corner error of the solved pairs;
 - extraction time per 1024x768 image (HPatches v_wormhole/1.ppm resized, one warm-up then the
   median of 3) and peak memory (max RSS) of a fresh process that only loads the method and
-  extracts that image (``extraction_rss_mib``: above the baseline of the libraries every method
+  extracts that image, with the allocator setting of the ``delfi`` command
+  (`delfi.runtime.limit_heap_fragmentation`) (``extraction_rss_mib``: above the baseline of the libraries every method
   imports, torch, OpenCV and delfi, measured in the same process before the model loads); the
   benchmarks run in a second fresh process. Each method runs in its own
   subprocesses, so every peak RSS is that method's alone.
@@ -97,6 +98,9 @@ def speed_worker(spec: dict, work: Path) -> dict:
     image = work / "speed_1024x768.png"
     if not image.exists():
         Image.open(DATA / "hpatches" / SEQUENCE / "1.ppm").convert("RGB").resize((1024, 768), Image.Resampling.LANCZOS).save(image)
+    from delfi.runtime import limit_heap_fragmentation
+
+    limit_heap_fragmentation()  # as the `delfi` command does before any work
     import cv2  # noqa: F401  the libraries every method loads: their memory is the baseline
     import torch  # noqa: F401
 
