@@ -78,3 +78,8 @@ def test_export_refuses_to_replace_its_input_or_a_file_it_did_not_write(run, tmp
     refused = delfi("train", "export", checkpoint, "--out", again)
     assert refused.exit_code == 2 and "--overwrite" in refused.output
     assert delfi("train", "export", checkpoint, "--out", again, "--overwrite").exit_code == 0
+
+
+def test_export_to_a_folder_is_refused_as_a_folder(run, tmp_path):
+    result = delfi("train", "export", run / "last.ckpt", "--out", tmp_path)
+    assert result.exit_code == 2 and "is a folder" in result.output, result.output

@@ -168,6 +168,7 @@ def export(
     if not checkpoint.is_file():
         raise fail(f"{checkpoint}: no such checkpoint file")
     refuse_output_among_inputs(out, [checkpoint])
+    prepare_output_file(out)  # a folder is refused here, before "exists"
     if out.exists() and not overwrite:
         raise fail(f"{out} exists: pass --overwrite to replace it")
     if out.exists():
@@ -177,7 +178,6 @@ def export(
             kind = None
         if kind != "delfi":
             raise fail(f"{out} is not a weights file delfi wrote: not replacing it") from None
-    prepare_output_file(out)
     try:
         path = export_weights(checkpoint, out)
     except (CheckpointError, ValueError) as exc:

@@ -194,11 +194,12 @@ class TrainConfig:
         require_number("optim.gradient_clip_val", self.optim.gradient_clip_val, low=0)
         require_number("data.val_fraction", self.data.val_fraction, low=0, high=0.9)
         require_number("val.pixel_threshold", self.val.pixel_threshold, low=0, low_open=True)
-        from delfi.train.init import HEADS
+        from delfi.train.init import check_heads
 
-        bad_heads = [h for h in self.net.reinit_heads if h not in HEADS]
-        if bad_heads:
-            raise ConfigError(f"net.reinit_heads: unknown head(s) {', '.join(bad_heads)}; choose from {', '.join(HEADS)}")
+        try:
+            check_heads(self.net.reinit_heads)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.net.init_from is not None and not Path(self.net.init_from).expanduser().is_file():
             raise ConfigError(f"net.init_from: no such checkpoint file {self.net.init_from}")
         if len(self.optim.betas) != 2:

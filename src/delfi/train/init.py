@@ -14,10 +14,17 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["HEADS", "initialise_network", "require_init_for_reinit"]
+__all__ = ["HEADS", "check_heads", "initialise_network", "require_init_for_reinit"]
 
 HEADS = ("clf", "sal")
 """The re-initialisable heads of `R2D2Net`: ``clf`` (reliability), ``sal`` (repeatability)."""
+
+
+def check_heads(reinit_heads: Sequence[str]) -> None:
+    """Refuse names that are not `HEADS` (ValueError naming the key and the choices)."""
+    unknown = [h for h in reinit_heads if h not in HEADS]
+    if unknown:
+        raise ValueError(f"net.reinit_heads: unknown head(s) {', '.join(unknown)}; choose from {', '.join(HEADS)}")
 
 
 def require_init_for_reinit(init_from: str | os.PathLike | None, reinit_heads: Sequence[str]) -> None:
@@ -36,9 +43,7 @@ def initialise_network(net: nn.Module, checkpoint: str | os.PathLike, reinit_hea
     """
     from delfi.models.checkpoints import CheckpointError, load_checkpoint
 
-    unknown = [h for h in reinit_heads if h not in HEADS]
-    if unknown:
-        raise ValueError(f"net.reinit_heads: unknown head(s) {', '.join(unknown)}; choose from {', '.join(HEADS)}")
+    check_heads(reinit_heads)
     try:
         info = load_checkpoint(checkpoint).require_family("r2d2")
     except CheckpointError as exc:
