@@ -18,8 +18,8 @@ import typer
 
 from delfi.cli.common import fail, report_failures, stderr_console, summary_table
 
-app = typer.Typer(help="Train networks: R2D2 (and its loss variants) on homography pairs of any photos.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Train networks: R2D2 (and its loss variants) on homography pairs of any photos; DELF, DELG "
+                       "and DELG for place recognition on labelled photos.", no_args_is_help=True)
 
 
 @app.callback()
@@ -147,6 +147,108 @@ def _misconfiguration():
         return MisconfigurationException
     except ImportError:  # pragma: no cover
         return ()
+
+
+SETTINGS_HELP = "key=value overrides, e.g. optim.lr=0.005 trainer.max_steps=2000 trainer.precision=bf16-mixed (unique short names work: groups=8)"
+PRESET_HELP = "Training preset (default: the command's recipe, see `delfi presets --train`) or a YAML file."
+OUT_HELP = "Run folder (checkpoints, config.yaml, TensorBoard logs)."
+RESUME_HELP = "Continue exactly from a checkpoint (or a run folder's last.ckpt)."
+OVERWRITE_HELP = "Start an existing run folder again (its checkpoints and logs are removed)."
+INIT_HELP = "Start from any delfi checkpoint (every tensor of the same name and shape), e.g. runs/delf-ft/best.ckpt."
+
+
+def _landmark(method: str, settings, options: dict, preset, out, resume, overwrite, seed, progress) -> None:
+    from delfi.cli.train_landmarks import run_landmark_command
+
+    if seed is not None:
+        options["seed"] = seed
+    run_landmark_command(method, [str(w) for w in (settings or [])], options=options, preset=preset, out=out,
+                         resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _classification_options(data: Optional[str], csv: Optional[str], images: Optional[str], init: Optional[str]) -> dict:
+    section = {k: v for k, v in (("folder", data), ("csv", csv), ("images", images)) if v is not None}
+    options: dict = {"data": section} if section else {}
+    if init is not None:
+        options["net"] = {"init_from": init}
+    return options
+
+
+_DATA = typer.Option(None, "--data", help="Training photos: one sub-folder per class (landmark).")
+_CSV = typer.Option(None, "--csv", help="A GLDv2 list: train.csv (id,url,landmark_id) or train_clean.csv (landmark_id,images).")
+_IMAGES = typer.Option(None, "--images", help="The --csv images' folder (GLDv2 layout a/b/c/<id>.jpg, or flat).")
+
+
+@app.command("delf-finetune")
+def delf_finetune(
+    settings: Optional[List[str]] = typer.Argument(None, help=SETTINGS_HELP),
+    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES,
+    init: Optional[str] = typer.Option(None, "--init", help=INIT_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data order, the augmentations and the initialisation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """DELF stage 1: finetune the ResNet (to layer3) with a classifier on landmark classes (DeLF-pytorch's SGD recipe)."""
+    _landmark("delf-finetune", settings, _classification_options(data, csv, images, init), preset, out, resume, overwrite, seed, progress)
+
+
+@app.command("delf-keypoint")
+def delf_keypoint(
+    settings: Optional[List[str]] = typer.Argument(None, help=SETTINGS_HELP),
+    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES,
+    init: Optional[str] = typer.Option(None, "--init", help="The finetuned network (a delf-finetune run's best.ckpt)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + " delf-keypoint-tf: TF's attention loss."),
+    out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data order, the augmentations and the initialisation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """DELF stage 2: train the attention head on a frozen backbone (random gamma scaling)."""
+    _landmark("delf-keypoint", settings, _classification_options(data, csv, images, init), preset, out, resume, overwrite, seed, progress)
+
+
+@app.command("delg")
+def delg(
+    settings: Optional[List[str]] = typer.Argument(None, help=SETTINGS_HELP),
+    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES,
+    init: Optional[str] = typer.Option(None, "--init", help=INIT_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + " delg-seed: DELG-pytorch."),
+    out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data order, the augmentations and the initialisation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """DELG: global GeM + ArcFace and local attention + autoencoder, trained jointly (TF recipe by default)."""
+    _landmark("delg", settings, _classification_options(data, csv, images, init), preset, out, resume, overwrite, seed, progress)
+
+
+@app.command("vpr")
+def vpr(
+    settings: Optional[List[str]] = typer.Argument(None, help=SETTINGS_HELP),
+    root: Optional[str] = typer.Option(None, "--root", help="A place-recognition folder as sf-xs: train/, val/database/, val/queries/."),
+    only_local: bool = typer.Option(False, "--only-local", help="Train only the local branch of a saved model (give --init)."),
+    init: Optional[str] = typer.Option(None, "--init", help=INIT_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data order, the augmentations and the initialisation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """DELG for place recognition: CosPlace-style groups of UTM cells x heading bins, one classifier per group in turn."""
+    options: dict = {}
+    if root is not None:
+        options["data"] = {"root": root}
+    if init is not None:
+        options["net"] = {"init_from": init}
+    if only_local:
+        options["vpr"] = {"only_local": True}
+    _landmark("vpr", settings, options, preset, out, resume, overwrite, seed, progress)
 
 
 @app.command("export")

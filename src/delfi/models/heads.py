@@ -10,7 +10,8 @@ Shapes use B batch, C channels, H x W feature-map size, D feature dimension, K c
 - `Autoencoder`: DELG's local-descriptor reduction (the linear code is the descriptor).
 - `GeM`: generalised-mean pooling (fixed or learnable ``p``).
 - `Whitening`: DELG's FC "whitening" layer, optionally followed by L2 normalisation.
-- `ArcFaceHead`, `CosineSoftmax`, `LinearClassifier`: classifier heads producing logits for softmax CE.
+- `ArcFaceHead`, `CosFaceHead`, `CosineSoftmax`, `LinearClassifier`: classifier heads producing logits
+  for softmax CE.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "GeM",
     "Whitening",
     "ArcFaceHead",
+    "CosFaceHead",
     "CosineSoftmax",
     "LinearClassifier",
     "MARGIN_RULES",
@@ -286,6 +288,41 @@ class ArcFaceHead(CosineSoftmax):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, margin_rule={self.margin_rule!r}"
+
+
+class CosFaceHead(CosineSoftmax):
+    """CosFace (large-margin cosine loss, as CosPlace trains place classes): the target logit is
+    ``scale * (cos(theta) - m)``, the others ``scale * cos(theta_j)``; no margin without labels.
+
+    Args:
+        in_dim: D.
+        num_classes: K.
+        margin: m, subtracted from the target cosine (CosPlace 0.4).
+        scale: s (CosPlace 30).
+
+    Shapes:
+        forward: (B, D), labels (B,) int64 -> (B, K) logits for softmax cross-entropy.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, margin: float = 0.4, scale: float = 30.0) -> None:
+        super().__init__(in_dim, num_classes, scale=scale)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin = float(margin)
+
+    def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
+        """(B, D) features, optional (B,) class indices -> (B, K) logits."""
+        cos = self.cosine(features)
+        if labels is None or self.margin == 0.0:
+            return self.scale * cos
+        labels = labels.to(device=cos.device, dtype=torch.long).reshape(-1)
+        if labels.shape[0] != cos.shape[0]:
+            raise ValueError(f"labels must be ({cos.shape[0]},), got {tuple(labels.shape)}")
+        margin = torch.zeros_like(cos).scatter(1, labels[:, None], self.margin)
+        return self.scale * (cos - margin)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, margin={self.margin}"
 
 
 class LinearClassifier(nn.Module):

@@ -170,7 +170,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.method != "r2d2":
-            raise ConfigError(f"method: only 'r2d2' can be trained so far, got {self.method!r}")
+            raise ConfigError(f"method: an R2D2 training config has method 'r2d2', got {self.method!r} "
+                              "(delf-finetune, delf-keypoint, delg and vpr are trained by their own commands)")
         for key, value, low in (
             ("net.mchan", self.net.mchan, 1),
             ("net.dim", self.net.dim, 2),
@@ -275,15 +276,16 @@ def load_train_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
 # --- strict merging --------------------------------------------------------------------------------
 
 
-def _check_keys(layer: Mapping[str, Any], schema: Any, prefix: str, source: str) -> None:
-    """Raise a `ConfigError` for the first key of ``layer`` that ``schema`` (a DictConfig) lacks."""
+def _check_keys(layer: Mapping[str, Any], schema: Any, prefix: str, source: str, root: type | None = None) -> None:
+    """Raise a `ConfigError` for the first key of ``layer`` that ``schema`` (a DictConfig) lacks
+    (``root``: the schema class, for hints across sections)."""
     for key, value in layer.items():
         full = f"{prefix}{key}"
         if key not in schema:
             known = [str(k) for k in schema.keys()]
             close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
             if not close:  # the same name in another section: ``lr`` -> ``optim.lr``
-                close_full = [f for f in _leaf_keys(OmegaConf.structured(TrainConfig)) if f.split(".")[-1] == str(key)]
+                close_full = [f for f in _leaf_keys(OmegaConf.structured(root or TrainConfig)) if f.split(".")[-1] == str(key)]
             else:
                 close_full = [prefix + c for c in close]
             hint = f" Did you mean {' or '.join(close_full)}?" if close_full else ""
@@ -292,7 +294,7 @@ def _check_keys(layer: Mapping[str, Any], schema: Any, prefix: str, source: str)
         node = schema._get_node(key)
         if OmegaConf.is_dict(node) and node._metadata.object_type not in (None, dict):
             if isinstance(value, Mapping):
-                _check_keys(value, node, f"{full}.", source)
+                _check_keys(value, node, f"{full}.", source, root)
             elif value is not None:
                 raise ConfigError(f"{source}: {full} is a section ({', '.join(map(str, node.keys()))}), got {value!r}")
 
@@ -313,9 +315,12 @@ def resolve_train_config(
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     *layers: tuple[str, Mapping[str, Any] | None],
     base: Mapping[str, Any] | None = None,
-) -> TrainConfig:
-    """The validated `TrainConfig`: defaults <- ``base`` (a saved config.yaml) <- ``preset`` <- the
-    named ``layers`` (``("--images", {...})``) <- ``overrides`` (``key=value`` strings or a dict)."""
+    schema: type | None = None,
+) -> Any:
+    """The validated config: ``schema``'s defaults (`TrainConfig`, or e.g. `LandmarkTrainConfig`)
+    <- ``base`` (a saved config.yaml) <- ``preset`` <- the named ``layers`` (``("--images", {...})``)
+    <- ``overrides`` (``key=value`` strings or a dict)."""
+    schema = schema or TrainConfig
     stack: list[tuple[str, Mapping[str, Any]]] = []
     if base:
         stack.append(("config.yaml", base))
@@ -325,16 +330,16 @@ def resolve_train_config(
     if overrides:
         parsed = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
         stack.append(("override", parsed))
-    config = OmegaConf.structured(TrainConfig)
+    config = OmegaConf.structured(schema)
     OmegaConf.set_struct(config, True)
     for source, layer in stack:
-        _check_keys(layer, config, "", source)
+        _check_keys(layer, config, "", source, schema)
         try:
             config = OmegaConf.merge(config, OmegaConf.create(dict(layer)))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{source}: {_describe(exc)}") from None
     try:
-        result: TrainConfig = OmegaConf.to_object(config)  # type: ignore[assignment]
+        result = OmegaConf.to_object(config)
     except ValueError as exc:  # a section's own check (loss.sampler: SamplerConfig.__post_init__)
         raise ConfigError(f"loss.sampler: {exc}") from None
     result.validate()

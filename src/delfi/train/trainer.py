@@ -186,7 +186,7 @@ def check_trainer_settings(config: TrainConfig) -> None:
 
     from delfi.train.init import require_init_for_reinit
 
-    require_init_for_reinit(config.net.init_from, config.net.reinit_heads)
+    require_init_for_reinit(config.net.init_from, getattr(config.net, "reinit_heads", []))
     quiet_lightning()
     t = config.trainer
     try:
@@ -205,8 +205,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _method_parts(config: Any, data: Any, command: Sequence[str] | None):
+    """(LightningModule, DataModule, whether there is validation, data) of the config's method; the
+    seed is set before the network is built."""
+    provenance_command = list(command if command is not None else sys.argv)
+    from delfi.train.landmark_config import LandmarkTrainConfig
+
+    if isinstance(config, LandmarkTrainConfig):
+        from delfi.train.landmark_data import LandmarkDataModule, load_landmark_data
+        from delfi.train.landmark_module import LandmarkModule
+
+        data = data if data is not None else load_landmark_data(config)
+        seed_everything(config.seed)
+        provenance = {"data": data.provenance(config), "command": provenance_command}
+        module = LandmarkModule(config, data.num_classes, provenance, val_utm=data.utm)
+        return module, LandmarkDataModule(config, data), data.val is not None and config.val.enabled, data
+    from delfi.train.data import PairDataModule, load_training_data
+    from delfi.train.module import R2D2Module
+
+    data = data if data is not None else load_training_data(config)
+    seed_everything(config.seed)
+    provenance = {"data": data.provenance(config), "command": provenance_command}
+    module = R2D2Module(config, provenance)
+    has_val = data.val is not None and config.val.pairs > 0
+    return module, PairDataModule(config, data), has_val, data
+
+
 def train(
-    config: TrainConfig,
+    config: Any,
     out: str | os.PathLike,
     *,
     data=None,
@@ -230,27 +256,20 @@ def train(
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from delfi.train.callbacks import RunState, StepProgress
-    from delfi.train.data import PairDataModule, load_training_data
-    from delfi.train.module import R2D2Module
 
     quiet_lightning()
     out = Path(out)
-    if data is None:
-        data = load_training_data(config)
+    module, datamodule, has_val, data = _method_parts(config, data, command)
     if not is_secondary_process():
         dump_config(config_dict(config), out / "config.yaml")
-    seed_everything(config.seed)
-    provenance = {"data": data.provenance(config), "command": list(command if command is not None else sys.argv)}
-    module = R2D2Module(config, provenance)
-    datamodule = PairDataModule(config, data)
-    t, has_val = config.trainer, data.val is not None and config.val.pairs > 0
+    t = config.trainer
     all_callbacks: list[Any] = [RunState(datamodule)]
     last = ModelCheckpoint(dirpath=out, filename="last", save_top_k=0, save_last=True,
                            every_n_train_steps=t.checkpoint_every_n_steps, enable_version_counter=False)
     all_callbacks.append(last)
     best = None
     if has_val:
-        best = ModelCheckpoint(dirpath=out, filename="best", monitor=module.monitor, mode="max", save_top_k=1,
+        best = ModelCheckpoint(dirpath=out, filename="best", monitor=module.monitor, mode=getattr(module, "monitor_mode", "max"), save_top_k=1,
                                auto_insert_metric_name=False, enable_version_counter=False, save_last=False)
         all_callbacks.append(best)
     loggers: Any = False
