@@ -66,11 +66,17 @@ def r2d2(
                            "(change settings with key=value overrides)")
             checkpoint = resolve_checkpoint(resume)
             base = checkpoint_train_config(checkpoint)
+            if base.get("method", "r2d2") != "r2d2":
+                raise fail(f"--resume {checkpoint}: a {base.get('method')!r} run: continue it with delfi train {base.get('method')} --resume ...")
             out = out if out is not None else checkpoint.parent
         elif out is None:
             raise fail("give --out DIR (a new or empty folder for the run), or --resume CKPT to continue a run")
-        from delfi.train.config import resolve_train_config
+        from delfi.train.config import TrainConfig, load_train_preset, resolve_train_config
 
+        if preset is not None and resume is None:
+            preset_method = load_train_preset(preset).get("method", "r2d2")
+            if preset_method != "r2d2":
+                raise fail(f"--preset {preset} is a {preset_method!r} recipe: train it with delfi train {preset_method}")
         options = {}
         if images is not None:
             options.setdefault("data", {})["images"] = images
@@ -78,7 +84,8 @@ def r2d2(
             options.setdefault("data", {})["val_images"] = val_images
         if seed is not None:
             options["seed"] = seed
-        config = resolve_train_config(None if base else (preset or "r2d2"), words, ("options", options), base=base)
+        config = resolve_train_config(None if base else (preset or "r2d2"), words, ("options", options), base=base,
+                                      schema=TrainConfig)
         check_run_folder(out, resume=checkpoint is not None, overwrite=overwrite)  # before the images are read
     except (ConfigError, RunFolderError) as exc:
         raise fail(str(exc)) from None

@@ -320,12 +320,14 @@ def resolve_train_config(
     """The validated config: ``schema``'s defaults (`TrainConfig`, or e.g. `LandmarkTrainConfig`)
     <- ``base`` (a saved config.yaml) <- ``preset`` <- the named ``layers`` (``("--images", {...})``)
     <- ``overrides`` (``key=value`` strings or a dict)."""
-    schema = schema or TrainConfig
     stack: list[tuple[str, Mapping[str, Any]]] = []
     if base:
         stack.append(("config.yaml", base))
     if preset is not None:
         stack.append((f"preset {preset}", load_train_preset(preset)))
+    if schema is None:  # the method of the saved config or the preset decides
+        methods = [layer.get("method") for _, layer in stack if isinstance(layer.get("method"), str)]
+        schema = schema_for(methods[-1] if methods else "r2d2")
     stack.extend((name, layer) for name, layer in layers if layer)
     if overrides:
         parsed = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
@@ -344,6 +346,13 @@ def resolve_train_config(
         raise ConfigError(f"loss.sampler: {exc}") from None
     result.validate()
     return result
+
+
+def schema_for(method: str) -> type:
+    """The config schema of a training method: `TrainConfig` (r2d2) or `LandmarkTrainConfig`."""
+    from delfi.train.landmark_config import LandmarkTrainConfig, is_landmark_method
+
+    return LandmarkTrainConfig if is_landmark_method(method) else TrainConfig
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:

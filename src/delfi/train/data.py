@@ -36,15 +36,19 @@ class ResumableSampler(Sampler):
     """``(epoch, index)`` items of one rank, epoch after epoch; each ``iter()`` is the next epoch.
 
     ``start_epoch`` / ``start_batch``: where the first iteration begins (a resumed run).
+    ``consumed``: a function giving the training batches consumed so far; when set, every ``iter()``
+    starts at the position it gives (so an iterator the training loop opens and drops, as
+    Lightning does when a run resumes exactly at an epoch's end, skips no data).
     """
 
     def __init__(self, length: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
-                 start_epoch: int = 0, start_batch: int = 0) -> None:
+                 start_epoch: int = 0, start_batch: int = 0, consumed=None) -> None:
         if length < 1:
             raise ValueError("the sampler needs at least one item")
         self.length, self.batch_size, self.seed = length, batch_size, seed
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.start_batch = start_epoch, start_batch
+        self.consumed = consumed
         chunk = batch_size * num_replicas
         self.total = math.ceil(length / chunk) * chunk
 
@@ -66,6 +70,8 @@ class ResumableSampler(Sampler):
         return self.total // self.num_replicas
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.consumed is not None:
+            self.epoch, self.start_batch = self.position(int(self.consumed()))
         epoch, skip = self.epoch, self.start_batch * self.batch_size
         self.epoch, self.start_batch = epoch + 1, 0
         order = self.epoch_order(epoch)
@@ -242,7 +248,8 @@ class PairDataModule(_lightning_datamodule()):  # type: ignore[misc]
     def train_dataloader(self) -> DataLoader:
         replicas, rank = self._world()
         d = self.config.data
-        sampler = ResumableSampler(len(self.data.train), d.batch_size, self.config.seed, replicas, rank)
+        sampler = ResumableSampler(len(self.data.train), d.batch_size, self.config.seed, replicas, rank,
+                                   consumed=lambda: self.consumed_batches)
         sampler.epoch, sampler.start_batch = sampler.position(self.consumed_batches)
         self.sampler = sampler
         return DataLoader(

@@ -306,6 +306,7 @@ class LandmarkDataModule(_lightning_datamodule()):  # type: ignore[misc]
             sampler: ResumableSampler = BalancedSampler(self.data.labels, d.batch_size, self.config.seed, replicas, rank)
         else:
             sampler = ResumableSampler(len(self.data.train), d.batch_size, self.config.seed, replicas, rank)
+        sampler.consumed = lambda: self.consumed_batches  # each iter() starts where training is
         sampler.epoch, sampler.start_batch = sampler.position(self.consumed_batches)
         self.sampler = sampler
         return DataLoader(EpochItems(self.data.train), batch_size=d.batch_size, sampler=sampler,

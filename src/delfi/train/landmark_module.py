@@ -156,6 +156,11 @@ class LandmarkModule(pl.LightningModule):
             return ("val/reconstruction", "min") if self.config.vpr.only_local else ("val/recall@1", "max")
         return ("val/map", "max") if self.method == "delg" else ("val/accuracy", "max")
 
+    def use_validation_labels(self, labels: np.ndarray | None) -> None:
+        """DELG monitors ``val/map`` only when some class has two held-out images (else accuracy)."""
+        if self.method == "delg" and labels is not None and (np.bincount(np.asarray(labels)) < 2).all():
+            self.monitor = "val/accuracy"
+
     # --- forward ---------------------------------------------------------------------------------
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:

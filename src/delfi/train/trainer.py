@@ -219,6 +219,7 @@ def _method_parts(config: Any, data: Any, command: Sequence[str] | None):
         seed_everything(config.seed)
         provenance = {"data": data.provenance(config), "command": provenance_command}
         module = LandmarkModule(config, data.num_classes, provenance, val_utm=data.utm)
+        module.use_validation_labels(data.val.labels if data.val is not None else None)
         return module, LandmarkDataModule(config, data), data.val is not None and config.val.enabled, data
     from delfi.train.data import PairDataModule, load_training_data
     from delfi.train.module import R2D2Module
