@@ -183,12 +183,15 @@ def make_synthetic_vpr(
     seed: int = 0,
     val_places: int = 12,
     test_places: int = 12,
+    seen_places: bool = False,
 ) -> SyntheticMap:
     """Write a synthetic sf-xs-style map under ``out`` (see the module docstring) and list its files.
 
     ``photos`` are image paths or uint8 arrays; their non-overlapping square regions (as large as
     ``places + val_places + test_places`` of them allow, at least 32 px) become the places, assigned
-    in a seeded random order. Raises ValueError for a non-empty ``out``, bad counts, photos too
+    in a seeded random order. ``seen_places``: ``val/`` and ``test/`` hold new views of the training
+    places instead of held-out places (``val_places`` / ``test_places`` are then not used): a map
+    on which a model trained for minutes can learn the places themselves. Raises ValueError for a non-empty ``out``, bad counts, photos too
     small, or a ``spacing`` that would not leave exactly one database positive per query.
     """
     from PIL import Image
@@ -202,7 +205,7 @@ def make_synthetic_vpr(
     if not photos:
         raise ValueError("make_synthetic_vpr needs at least one photo")
 
-    total = places + val_places + test_places
+    total = places if seen_places else places + val_places + test_places
     centres = np.array([[math.floor((EAST0 + i * spacing) / CELL) * CELL + CELL / 2,
                          math.floor(NORTH0 / CELL) * CELL + CELL / 2] for i in range(total)])
     gaps = np.linalg.norm(np.diff(centres, axis=0), axis=1) if total > 1 else np.array([np.inf])
@@ -230,6 +233,8 @@ def make_synthetic_vpr(
         heading_bin = 2 * int(np.random.default_rng([seed, 2, place]).integers(0, 360 // HEADING_BIN // 2))
         roles = ([("train", 0, v) for v in range(train_per_place)] if split_of[place] == "train" else
                  [(f"{split_of[place]}/database", 1, 0), (f"{split_of[place]}/queries", 2, 0)])
+        if seen_places:  # views 1 and 2 of the database / query roles: unlike the val views
+            roles += [("val/database", 1, 0), ("val/queries", 2, 0), ("test/database", 1, 1), ("test/queries", 2, 1)]
         for folder, role, view in roles:
             rng = np.random.default_rng([seed, 3, place, role, view])
             east, north = centres[place] + rng.uniform(-JITTER, JITTER, 2)

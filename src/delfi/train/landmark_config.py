@@ -101,7 +101,8 @@ class LandmarkLossSection:
     """Classifier heads and loss weights: total = global_weight x CE(global classifier)
     + attention_weight x CE(attention classifier) + reconstruction_weight x MSE(autoencoder)."""
 
-    classifier: str = "arcface"  # the global head's classifier: arcface | cosface | cosine | linear
+    classifier: str = "arcface"  # the global head's classifier (delf-finetune: on pooled layer3): arcface | cosface | cosine | linear
+    attention_classifier: str = "linear"  # on the attention-pooled feature: linear (references) | cosine (scale-free)
     margin: float = 0.1  # ArcFace m (radians) or CosFace m
     scale: float = 45.25  # logit scale s (sqrt 2048)
     margin_rule: str = "tf"  # ArcFace: tf (theta <= pi - m) | easy (cos > 0)
@@ -184,6 +185,7 @@ class LandmarkTrainConfig:
             ("net.attention_pool", n.attention_pool, POOLS),
             ("data.augment", d.augment, AUGMENTATIONS),
             ("loss.classifier", lo.classifier, CLASSIFIERS),
+            ("loss.attention_classifier", lo.attention_classifier, ("linear", "cosine")),
             ("loss.margin_rule", lo.margin_rule, ("tf", "easy")),
             ("optim.optimizer", o.optimizer, OPTIMIZERS),
             ("net.stride_in", n.stride_in, ("3x3", "1x1")),

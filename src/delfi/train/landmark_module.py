@@ -123,14 +123,15 @@ class LandmarkModule(pl.LightningModule):
 
     def _build_heads(self) -> nn.ModuleDict:
         lo, m = self.config.loss, self.method
+        attention = lambda k: _classifier(lo.attention_classifier, 1024, k, lo)  # noqa: E731
         if m == "delf-finetune":
-            return nn.ModuleDict({"classifier": LinearClassifier(1024, self.num_classes[0])})
+            return nn.ModuleDict({"classifier": _classifier(lo.classifier, 1024, self.num_classes[0], lo)})
         if m == "delf-keypoint":
-            return nn.ModuleDict({"attention": LinearClassifier(1024, self.num_classes[0])})
+            return nn.ModuleDict({"attention": attention(self.num_classes[0])})
         dim = self.net.global_dim
         return nn.ModuleDict({
             "global": nn.ModuleList([_classifier(lo.classifier, dim, k, lo) for k in self.num_classes]),
-            "attention": nn.ModuleList([LinearClassifier(1024, k) for k in self.num_classes]),
+            "attention": nn.ModuleList([attention(k) for k in self.num_classes]),
         })  # fmt: skip
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -207,7 +208,7 @@ class LandmarkModule(pl.LightningModule):
         out = self.outputs(images)
         ce = lambda logits: F.cross_entropy(logits.float(), labels, label_smoothing=lo.label_smoothing)  # noqa: E731
         if self.method == "delf-finetune":
-            logits = self.heads["classifier"](out["pooled"])
+            logits = self.heads["classifier"](out["pooled"], labels)
             return {"total": ce(logits), "classification": ce(logits), "logits": logits.detach()}
         if self.method == "delf-keypoint":
             logits = self.heads["attention"](out["attended"].float())
