@@ -43,7 +43,8 @@ def _summary_rows(config: Any, data: Any, folder: Path, checkpoint: Path | None,
 
     c, d = config, config.data
     classes = data.num_classes
-    class_text = f"{classes[0]} classes" if c.method != "vpr" else f"{len(classes)} groups of {', '.join(map(str, classes))} classes"
+    groups = f"{len(classes)} group{'s' if len(classes) != 1 else ''}"
+    class_text = f"{classes[0]} classes" if c.method != "vpr" else f"{groups} of {', '.join(map(str, classes))} classes"
     val = "none"
     if data.val is not None:
         val = f"{len(data.val)} images ({'database + queries of root/val' if c.method == 'vpr' else 'held out per class'})"
