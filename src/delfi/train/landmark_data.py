@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from delfi.train.data import EpochItems, ResumableSampler
@@ -53,9 +52,18 @@ def _decode(path: Path, min_side: int) -> torch.Tensor:
     return decode_image(path, target).image
 
 
-def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, h, w) -> (3, size, size), bilinear with antialiasing (the aspect ratio is not kept)."""
-    return F.interpolate(image[None], (size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+def augment_image(image: torch.Tensor, config: LandmarkTrainConfig, rng: np.random.Generator) -> torch.Tensor:
+    """(3, h, w) -> (3, S, S): the training augmentation of ``data.augment`` (+ flip), drawn from ``rng``."""
+    from delfi.train import augment
+
+    d = config.data
+    if d.augment == "resized-crop":
+        out = augment.random_resized_crop(image, d.image_size, rng, area=tuple(d.area), aspect=tuple(d.aspect))
+    elif d.augment == "resize-crop":
+        out = augment.resize_random_crop(image, d.resize, d.image_size, rng)
+    else:
+        out = augment.resize_image(image, d.image_size, d.image_size)  # the aspect ratio is not kept
+    return augment.random_flip(out, rng) if d.flip else out
 
 
 class _ReadsImages(Dataset):
@@ -95,24 +103,12 @@ class LabelledImages(_ReadsImages):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def augment(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        from delfi.train import augment
-
-        d = self.config.data
-        if d.augment == "resized-crop":
-            out = augment.random_resized_crop(image, d.image_size, rng, area=tuple(d.area), aspect=tuple(d.aspect))
-        elif d.augment == "resize-crop":
-            out = augment.resize_random_crop(image, d.resize, d.image_size, rng)
-        else:
-            out = _resize(image, d.image_size)
-        return augment.random_flip(out, rng) if d.flip else out
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         d = self.config.data
         rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, self.epoch, int(index)]))
         side = max(d.image_size, d.resize if d.augment == "resize-crop" else d.image_size)
         i, image, failures = self._read(self._following(int(index)), side)
-        return {"image": self.augment(image, rng).contiguous(), "label": int(self.labels[i]), "group": 0,
+        return {"image": augment_image(image, self.config, rng).contiguous(), "label": int(self.labels[i]), "group": 0,
                 "index": int(index), "skipped": "\n".join(failures)}  # fmt: skip
 
 
@@ -151,8 +147,7 @@ class GroupImages(_ReadsImages):
         taken = set(same_class)
         others = list(islice((i for i in range(self.offsets[g], self.offsets[g + 1]) if i not in taken), MAX_REPLACEMENTS))
         i, image, failures = self._read(same_class + others, max(d.image_size, d.resize))  # stays in the group
-        item = LabelledImages.augment(self, image, rng)  # same augmentations
-        return {"image": item.contiguous(), "label": int(self.labels[i]), "group": g, "index": int(index),
+        return {"image": augment_image(image, self.config, rng).contiguous(), "label": int(self.labels[i]), "group": g, "index": int(index),
                 "skipped": "\n".join(failures)}  # fmt: skip
 
 
@@ -169,9 +164,10 @@ class ValImages(_ReadsImages):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from delfi.io.images import ImageError
+        from delfi.train.augment import resize_image
 
         try:
-            image, failure = _resize(_decode(self.paths[index], self.size), self.size), ""
+            image, failure = resize_image(_decode(self.paths[index], self.size), self.size, self.size), ""
         except (ImageError, OSError) as exc:
             image, failure = torch.zeros(3, self.size, self.size), f"{self.paths[index]}\t{exc}"
         return {"image": image.contiguous(), "label": int(self.labels[index]), "kind": int(self.kinds[index]),

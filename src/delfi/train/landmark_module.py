@@ -384,26 +384,8 @@ class LandmarkModule(pl.LightningModule):
     # --- checkpoints -----------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from delfi import __version__
-        from delfi.train.config import config_dict
-        from delfi.train.module import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, _plain
+        from delfi.train.module import checkpoint_metadata
 
-        full = config_dict(self.config)
-        checkpoint["delfi"] = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "family": self.config.family,
-            "config": landmark_network_config(self.config, self.net),
-            "normalisation": self.config.net.normalisation,
-            "provenance": {
-                "data": _plain(self.provenance.get("data", {})),
-                "seed": int(self.config.seed),
-                "steps": int(self.global_step),
-                "delfi_version": str(__version__),
-                "command": [str(a) for a in self.provenance.get("command", [])],
-                "method": self.method,
-                "classes": list(self.num_classes),
-                "loss": full["loss"],
-                "train_config": full,
-            },
-        }
+        checkpoint["delfi"] = checkpoint_metadata(self, self.config.family, landmark_network_config(self.config, self.net),
+                                                  self.config.net.normalisation, method=self.method,
+                                                  classes=list(self.num_classes))

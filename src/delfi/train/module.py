@@ -29,7 +29,8 @@ from delfi.train.config import TrainConfig, config_dict, loss_config
 from delfi.train.losses.r2d2 import R2D2Loss
 from delfi.train.validation import IMAGENET_MEAN, IMAGENET_STD, THRESHOLDS, evaluate_pairs, pair_precisions, summarise, threshold_name
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "R2D2Module", "network_config", "step_seed", "uses_channels_last"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "R2D2Module", "checkpoint_metadata", "network_config", "step_seed",
+           "uses_channels_last"]
 
 CHECKPOINT_FORMAT = "delfi-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -181,25 +182,34 @@ class R2D2Module(pl.LightningModule):
     # --- checkpoints -----------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from delfi import __version__
+        checkpoint["delfi"] = checkpoint_metadata(self, "r2d2", network_config(self.config), "imagenet")
 
-        full = config_dict(self.config)
-        checkpoint["delfi"] = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "family": "r2d2",
-            "config": network_config(self.config),
-            "normalisation": "imagenet",
-            "provenance": {
-                "data": _plain(self.provenance.get("data", {})),
-                "seed": int(self.config.seed),
-                "steps": int(self.global_step),
-                "delfi_version": str(__version__),
-                "command": [str(a) for a in self.provenance.get("command", [])],
-                "loss": full["loss"],
-                "train_config": full,
-            },
-        }
+
+def checkpoint_metadata(module: pl.LightningModule, family: str, network: dict[str, Any], normalisation: str,
+                        **provenance: Any) -> dict[str, Any]:
+    """The ``checkpoint["delfi"]`` dict of a training module (``module.config`` / ``provenance`` /
+    ``global_step``): the delfi checkpoint contract, with the whole training config in the
+    provenance (what ``--resume`` reads); ``provenance`` adds method-specific entries."""
+    from delfi import __version__
+
+    full = config_dict(module.config)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "family": family,
+        "config": network,
+        "normalisation": normalisation,
+        "provenance": {
+            "data": _plain(module.provenance.get("data", {})),
+            "seed": int(module.config.seed),
+            "steps": int(module.global_step),
+            "delfi_version": str(__version__),
+            "command": [str(a) for a in module.provenance.get("command", [])],
+            **provenance,
+            "loss": full["loss"],
+            "train_config": full,
+        },
+    }
 
 
 def _plain(value: Any) -> Any:

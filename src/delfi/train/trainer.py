@@ -173,6 +173,7 @@ def quiet_lightning() -> None:
         ".*tensorboardX.*",
         ".*Precision bf16-mixed is not supported by the model summary.*",
         ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+        ".*module\\(s\\) in eval mode at the start of training.*",  # frozen batch norm (delf-keypoint, vpr only_local)
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
