@@ -106,3 +106,11 @@ def test_refusals_name_the_problem(landmarks, tmp_path):
     (user / "notes.txt").write_text("keep")
     assert_clean_refusal(delfi("train", "delg", "--data", landmarks, "--out", user), "not a delfi run folder")
     assert (user / "notes.txt").read_text() == "keep"
+
+
+def test_training_presets_are_listed_with_their_methods():
+    result = CliRunner().invoke(app, ["train", "presets"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
+             if line.startswith("│") and line.split("│")[1].strip()}
+    assert lines["delf-keypoint-tf"] == "delf-keypoint" and lines["vpr"] == "vpr" and lines["r2d2-dice"] == "r2d2"

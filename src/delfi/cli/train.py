@@ -157,7 +157,7 @@ def _misconfiguration():
 
 
 SETTINGS_HELP = "key=value overrides, e.g. optim.lr=0.005 trainer.max_steps=2000 trainer.precision=bf16-mixed (unique short names work: groups=8)"
-PRESET_HELP = "Training preset (default: the command's recipe, see `delfi presets --train`) or a YAML file."
+PRESET_HELP = "Training preset (default: the command's recipe; `delfi train presets` lists them) or a YAML file."
 OUT_HELP = "Run folder (checkpoints, config.yaml, TensorBoard logs)."
 RESUME_HELP = "Continue exactly from a checkpoint (or a run folder's last.ckpt)."
 OVERWRITE_HELP = "Start an existing run folder again (its checkpoints and logs are removed)."
@@ -256,6 +256,22 @@ def vpr(
     if only_local:
         options["vpr"] = {"only_local": True}
     _landmark("vpr", settings, options, preset, out, resume, overwrite, seed, progress)
+
+
+@app.command("presets")
+def presets() -> None:
+    """List the training presets: name, the method they train, what they reproduce."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from delfi.train.config import load_train_preset, preset_about, train_preset_names
+
+    table = Table(title="training presets (delfi train METHOD --preset NAME)", title_justify="left")
+    for column in ("preset", "method", "recipe"):
+        table.add_column(column, overflow="fold")
+    for name in train_preset_names():
+        table.add_row(name, str(load_train_preset(name).get("method", "r2d2")), preset_about(name))
+    Console().print(table)
 
 
 @app.command("export")
