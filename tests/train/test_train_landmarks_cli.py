@@ -114,3 +114,23 @@ def test_training_presets_are_listed_with_their_methods():
     lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
              if line.startswith("│") and line.split("│")[1].strip()}
     assert lines["delf-keypoint-tf"] == "delf-keypoint" and lines["vpr"] == "vpr" and lines["r2d2-dice"] == "r2d2"
+
+
+def test_separate_validation_folders_are_matched_by_class_name(landmarks, tmp_path):
+    import shutil
+
+    val = tmp_path / "val"
+    for name in ("landmark-2", "landmark-0"):
+        shutil.copytree(landmarks / name, val / name)
+    shutil.copytree(landmarks / "landmark-1", val / "unknown-landmark")
+    args = ["train", "delf-finetune", "--data", landmarks, "--val-data", val, "--out", tmp_path / "run", "--no-progress", *TINY]
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "not among the training classes" in result.output and "8 images (from" in result.output
+    from delfi.train.config import resolve_train_config
+    from delfi.train.landmark_config import LandmarkTrainConfig
+    from delfi.train.landmark_data import load_landmark_data
+
+    config = resolve_train_config("delf-finetune", [f"data.folder={landmarks}", f"data.val_folder={val}"], schema=LandmarkTrainConfig)
+    data = load_landmark_data(config)
+    assert data.train_count == 12 and len(data.val) == 8 and sorted(set(data.val.labels.tolist())) == [0, 2]

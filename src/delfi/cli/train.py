@@ -173,8 +173,9 @@ def _landmark(method: str, settings, options: dict, preset, out, resume, overwri
                          resume=resume, overwrite=overwrite, progress=progress)
 
 
-def _classification_options(data: Optional[str], csv: Optional[str], images: Optional[str], init: Optional[str]) -> dict:
-    section = {k: v for k, v in (("folder", data), ("csv", csv), ("images", images)) if v is not None}
+def _classification_options(data: Optional[str], csv: Optional[str], images: Optional[str], init: Optional[str],
+                            val_data: Optional[str] = None) -> dict:
+    section = {k: v for k, v in (("folder", data), ("csv", csv), ("images", images), ("val_folder", val_data)) if v is not None}
     options: dict = {"data": section} if section else {}
     if init is not None:
         options["net"] = {"init_from": init}
@@ -184,12 +185,14 @@ def _classification_options(data: Optional[str], csv: Optional[str], images: Opt
 _DATA = typer.Option(None, "--data", help="Training photos: one sub-folder per class (landmark).")
 _CSV = typer.Option(None, "--csv", help="A GLDv2 list: train.csv (id,url,landmark_id) or train_clean.csv (landmark_id,images).")
 _IMAGES = typer.Option(None, "--images", help="The --csv images' folder (GLDv2 layout a/b/c/<id>.jpg, or flat).")
+_VAL_DATA = typer.Option(None, "--val-data", help="Validation photos in class folders named as --data's (default: "
+                                                  "data.val_fraction of each class held out by file-name hash).")
 
 
 @app.command("delf-finetune")
 def delf_finetune(
     settings: Optional[List[str]] = typer.Argument(None, help=SETTINGS_HELP),
-    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES,
+    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES, val_data: Optional[str] = _VAL_DATA,
     init: Optional[str] = typer.Option(None, "--init", help=INIT_HELP),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
@@ -199,13 +202,13 @@ def delf_finetune(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """DELF stage 1: finetune the ResNet (to layer3) with a classifier on landmark classes (DeLF-pytorch's SGD recipe)."""
-    _landmark("delf-finetune", settings, _classification_options(data, csv, images, init), preset, out, resume, overwrite, seed, progress)
+    _landmark("delf-finetune", settings, _classification_options(data, csv, images, init, val_data), preset, out, resume, overwrite, seed, progress)
 
 
 @app.command("delf-keypoint")
 def delf_keypoint(
     settings: Optional[List[str]] = typer.Argument(None, help=SETTINGS_HELP),
-    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES,
+    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES, val_data: Optional[str] = _VAL_DATA,
     init: Optional[str] = typer.Option(None, "--init", help="The finetuned network (a delf-finetune run's best.ckpt)."),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + " delf-keypoint-tf: TF's attention loss."),
     out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
@@ -215,13 +218,13 @@ def delf_keypoint(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """DELF stage 2: train the attention head on a frozen backbone (random gamma scaling)."""
-    _landmark("delf-keypoint", settings, _classification_options(data, csv, images, init), preset, out, resume, overwrite, seed, progress)
+    _landmark("delf-keypoint", settings, _classification_options(data, csv, images, init, val_data), preset, out, resume, overwrite, seed, progress)
 
 
 @app.command("delg")
 def delg(
     settings: Optional[List[str]] = typer.Argument(None, help=SETTINGS_HELP),
-    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES,
+    data: Optional[str] = _DATA, csv: Optional[str] = _CSV, images: Optional[str] = _IMAGES, val_data: Optional[str] = _VAL_DATA,
     init: Optional[str] = typer.Option(None, "--init", help=INIT_HELP),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + " delg-seed: DELG-pytorch."),
     out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
@@ -231,7 +234,7 @@ def delg(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """DELG: global GeM + ArcFace and local attention + autoencoder, trained jointly (TF recipe by default)."""
-    _landmark("delg", settings, _classification_options(data, csv, images, init), preset, out, resume, overwrite, seed, progress)
+    _landmark("delg", settings, _classification_options(data, csv, images, init, val_data), preset, out, resume, overwrite, seed, progress)
 
 
 @app.command("vpr")

@@ -47,7 +47,9 @@ def _summary_rows(config: Any, data: Any, folder: Path, checkpoint: Path | None,
     class_text = f"{classes[0]} classes" if c.method != "vpr" else f"{groups} of {', '.join(map(str, classes))} classes"
     val = "none"
     if data.val is not None:
-        val = f"{len(data.val)} images ({'database + queries of root/val' if c.method == 'vpr' else 'held out per class'})"
+        where = "database + queries of root/val" if c.method == "vpr" else \
+            (f"from {d.val_folder}" if d.val_folder else "held out per class")
+        val = f"{len(data.val)} images ({where})"
     frozen = {"delf-finetune": "attention (stage 2 trains it)", "delf-keypoint": "backbone incl. batch norm"}.get(c.method, "")
     if c.method == "vpr" and c.vpr.only_local:
         frozen = "backbone, GeM, whitening, global classifiers"

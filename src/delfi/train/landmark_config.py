@@ -79,6 +79,7 @@ class LandmarkDataSection:
     place-recognition tree (``root``, method vpr)."""
 
     folder: Optional[str] = None  # one sub-folder per class
+    val_folder: Optional[str] = None  # validation class folders (DeLF-pytorch's val path), matched by class name
     csv: Optional[str] = None  # GLDv2 train (id,url,landmark_id) or clean (landmark_id,images) list
     images: Optional[str] = None  # the csv's image folder (GLDv2 layout a/b/c/<id>.jpg, or flat)
     root: Optional[str] = None  # vpr: root/train (training images), root/val/{database,queries} (recall@N)

@@ -224,15 +224,34 @@ def _classification_data(config: LandmarkTrainConfig) -> LandmarkData:
         raise ValueError("no training images: give --data (one folder per class) or --csv with --images")
     if samples.num_classes < 2:
         raise ValueError(f"{samples.source}: {samples.num_classes} class with images; a classifier needs at least 2")
-    train, val = split_samples(samples, d.val_fraction if config.val.enabled else 0.0)
+    skipped = list(samples.skipped)
+    if d.val_folder is not None:
+        train, val = samples, _matched_validation(d.val_folder, samples.classes, skipped) if config.val.enabled else samples.subset(np.zeros(0, dtype=np.int64))
+    else:
+        train, val = split_samples(samples, d.val_fraction if config.val.enabled else 0.0)
     val_items = None
     if len(val) >= 2:
         keep = np.arange(min(len(val), config.val.max_images))
         part = val.subset(keep)
         val_items = ValImages(part.paths, part.labels, config.val.image_size)
     return LandmarkData(train=LabelledImages(train.paths, train.labels, config), val=val_items,
-                        num_classes=[samples.num_classes], train_count=len(train), skipped=list(samples.skipped),
+                        num_classes=[samples.num_classes], train_count=len(train), skipped=skipped,
                         source=samples.source, labels=np.asarray(train.labels), class_names=list(samples.classes))  # fmt: skip
+
+
+def _matched_validation(folder: str, classes: list[str], skipped: list[tuple[str, str]]):
+    """The class folders of ``folder`` as validation samples labelled like the training classes;
+    images of classes the training data lacks are reported in ``skipped`` and left out."""
+    from delfi.datasets.landmarks import LandmarkSamples, landmark_folders
+
+    found = landmark_folders(folder)
+    index = {name: i for i, name in enumerate(classes)}
+    keep = [i for i, label in enumerate(found.labels) if found.classes[label] in index]
+    for label in sorted(set(found.labels.tolist())):
+        if found.classes[label] not in index:
+            skipped.append((f"{folder}/{found.classes[label]}", "validation class not among the training classes"))
+    labels = np.array([index[found.classes[found.labels[i]]] for i in keep], dtype=np.int64)
+    return LandmarkSamples([found.paths[i] for i in keep], labels, list(classes), found.source)
 
 
 def _vpr_data(config: LandmarkTrainConfig) -> LandmarkData:
