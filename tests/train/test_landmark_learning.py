@@ -4,6 +4,7 @@ weights must measurably improve what each method is for.
 - DELG on synthetic landmark classes (objects cut from public-domain photos pasted onto others):
   leave-one-out global mAP on held-out images of the classes (new pastes, never trained on), with
   the trained checkpoint extracted through ``delfi.models.create`` as ``delfi extract`` does.
+- DELG's local features reranking its global ranking (spatial verification) on held-out images.
 - DELF keypoint stage on the DELG run's frozen backbone: the share of the attention on the pasted
   object, over the object's share of the image, on the held-out images.
 - DELG for place recognition on a synthetic map of named images (the landmark classes as places of
@@ -91,6 +92,55 @@ def test_delg_global_retrieval_improves_on_held_out_instances(landmark_sets, del
     print(f"delg held-out mAP {before:.3f} -> {after:.3f}; run validation {delg_run.initial_metrics['map']:.3f} -> "
           f"{delg_run.final_metrics['map']:.3f}")
     assert after > before + 0.25 and after > 0.45, (before, after)
+
+
+def test_delg_local_features_rerank_above_the_global_ranking(landmark_sets, delg_run, tmp_path):
+    """Held-out images at 256 px (objects twice the training size: the layer3 receptive field, 267 px,
+    covers the whole of a 128 px image), local features at scales 0.5, 0.71, 1 (top 300 by
+    attention), the top 5 of the global ranking reranked by mutual nearest neighbours + affine RANSAC
+    (12 px), TF's order (inliers, then global score). Measured: mean inliers 18.2 for images of the
+    same object vs 9.3 for others; mAP 0.536 (global) -> 0.577 (reranked)."""
+    from delfi.datasets.synthetic_landmarks import make_synthetic_landmarks, skimage_photos
+    from delfi.match.pipeline import MatchingConfig
+    from delfi.models import create
+    from delfi.retrieval.rerank import RerankConfig, rerank
+    from delfi.retrieval.search import ranking_from_scores
+
+    train_set, _ = landmark_sets
+    objects, backgrounds = skimage_photos()
+    held_out = make_synthetic_landmarks(tmp_path / "held-out-256", objects, backgrounds, classes=8, per_class=4, size=2 * SIZE,
+                                        object_scale=(0.3, 0.5), seed=1, object_seed=0, start_index=100)
+    assert held_out.classes == train_set.classes
+    names, labels = held_out_labels(held_out)
+    model = create("delg", weights=str(delg_run.best), max_image_size=0, scales=[0.5, 0.7071, 1.0], global_scales=[0.5],
+                   score_threshold=0.0, top_k=300)
+    features = {name: model.extract(held_out.root / name) for name in names}
+    descriptors = np.stack([features[name].global_descriptor.numpy() for name in names])
+    similarity = descriptors @ descriptors.T
+    np.fill_diagonal(similarity, -np.inf)
+    order = np.argsort(-similarity, axis=1)[:, :-1]
+    ranking = ranking_from_scores(names, names, np.take_along_axis(similarity, order, 1), order)
+
+    class Source:
+        def get(self, name):
+            return features[name]
+
+    matching = MatchingConfig(mutual=True, geometry="affine", threshold=12.0, max_iters=1000, seed=0)
+    reranked = rerank(ranking, Source(), Source(), RerankConfig(top_k=5, matching=matching))
+
+    def mean_ap(result) -> float:
+        from delfi.eval.revisitop import average_precision
+
+        return float(np.mean([average_precision(np.flatnonzero(labels[result.indices[q]] == labels[q]), 3)
+                              for q in range(len(names))]))
+
+    verified = reranked.inliers >= 0
+    same = labels[reranked.indices] == labels[:, None]
+    inliers_same, inliers_other = reranked.inliers[verified & same].mean(), reranked.inliers[verified & ~same].mean()
+    before, after = mean_ap(ranking), mean_ap(reranked)
+    print(f"delg reranking: inliers {inliers_same:.1f} same object vs {inliers_other:.1f}; mAP {before:.3f} -> {after:.3f}")
+    assert inliers_same > 1.5 * inliers_other, (inliers_same, inliers_other)
+    assert after > before + 0.02, (before, after)
 
 
 def attention_on_objects(module, held_out) -> float:
