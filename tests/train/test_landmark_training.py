@@ -260,6 +260,28 @@ def test_unreadable_images_are_reported_and_replaced(landmarks, tmp_path):
     assert result.steps == 4
 
 
+def test_an_unreadable_validation_image_is_named_and_left_out_of_the_metrics(landmarks, tmp_path):
+    import shutil
+
+    from delfi.train.landmark_data import load_landmark_data
+    from delfi.train.landmark_module import LandmarkModule
+
+    folder = tmp_path / "data"
+    shutil.copytree(landmarks, folder)
+    config = config_for("delf-finetune", folder, "data.val_fraction=0.5")
+    data = load_landmark_data(config)
+    broken = data.val.paths[0]
+    broken.write_bytes(b"not an image")
+    module = module_for(config)
+    with pytest.warns(RuntimeWarning, match=f"{broken.name}: unreadable image skipped"), torch.no_grad():
+        rows = [module.val_rows(b) for b in torch.utils.data.DataLoader(data.val, batch_size=4)]
+    assert len(data.val) == 6 and sum(int(r["valid"].sum()) for r in rows) == 5
+    with torch.no_grad():
+        metrics = module.val_metrics(rows)
+    correct = metrics["accuracy"] * 5  # a fraction of the 5 readable images, not of 6 with a black stand-in
+    assert correct == pytest.approx(round(correct), abs=1e-6)
+
+
 def test_resume_gives_the_uninterrupted_losses(landmarks, tmp_path):
     extra = ("trainer.val_every_n_steps=100", "val.enabled=false", "optim.lr=0.001", "optim.scheduler=constant")  # the same lr whatever max_steps
     full = Recorder()

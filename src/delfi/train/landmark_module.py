@@ -305,9 +305,12 @@ class LandmarkModule(pl.LightningModule):
     # --- validation ------------------------------------------------------------------------------
 
     def val_rows(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Per image: the descriptor validated on, the predicted class, the reconstruction error."""
+        """Per image: the descriptor validated on, the predicted class, the reconstruction error,
+        whether the image was readable (``valid``)."""
+        self.report_skipped(batch)
         out = self.outputs(batch["image"])
-        row: dict[str, torch.Tensor] = {"label": batch["label"].cpu(), "kind": batch.get("kind", batch["label"] * 0).cpu()}
+        row: dict[str, torch.Tensor] = {"label": batch["label"].cpu(), "kind": batch.get("kind", batch["label"] * 0).cpu(),
+                                        "valid": batch.get("valid", torch.ones_like(batch["label"], dtype=torch.bool)).cpu()}
         if self.method == "delf-finetune":
             row["descriptor"] = out["pooled"].float().cpu()
             row["predicted"] = self.heads["classifier"](out["pooled"].float()).argmax(1).cpu()
@@ -327,12 +330,15 @@ class LandmarkModule(pl.LightningModule):
         from delfi.train.landmark_validation import leave_one_out_map, place_recalls
 
         cat = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+        valid = cat.pop("valid").bool()  # unreadable validation images (reported once) are left out
+        cat = {k: v[valid] for k, v in cat.items()}
         metrics: dict[str, float] = {}
         if "reconstruction" in cat:
             metrics["reconstruction"] = float(cat["reconstruction"].mean())
         if self.method == "vpr":
             if self.val_utm is not None:
-                metrics.update(place_recalls(cat["descriptor"], cat["kind"], self.val_utm, self.config.val.recall_radius))
+                utm = self.val_utm[valid.numpy()]
+                metrics.update(place_recalls(cat["descriptor"], cat["kind"], utm, self.config.val.recall_radius))
             return metrics
         metrics["accuracy"] = float((cat["predicted"] == cat["label"]).float().mean())
         value = leave_one_out_map(cat["descriptor"], cat["label"])
