@@ -294,3 +294,21 @@ def test_resume_gives_the_uninterrupted_losses(landmarks, tmp_path):
     assert sorted(curve) == sorted(full.losses) == [1, 2, 3, 4, 5]
     for step, loss in full.losses.items():
         assert math.isfinite(loss) and curve[step] == pytest.approx(loss, rel=1e-5), step
+
+
+def test_balanced_sampler_draws_every_class_alike_and_resumes():
+    from delfi.train.landmark_data import BalancedSampler
+
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    consumed = {"n": 0}
+    sampler = BalancedSampler(labels, batch_size=10, seed=3, consumed=lambda: consumed["n"])
+    draws = []
+    for epoch in range(30):
+        consumed["n"] = epoch * sampler.batches_per_epoch  # as the training loop advances it
+        draws.append(labels[[i for _, i in sampler]])
+    draws = np.concatenate(draws)
+    shares = np.bincount(draws, minlength=3) / len(draws)
+    assert np.allclose(shares, 1 / 3, atol=0.03), shares  # a plain permutation gives 0.9 / 0.09 / 0.01
+    first = [i for _, i in BalancedSampler(labels, 10, 3, consumed=lambda: 0)]
+    consumed["n"] = 4  # four batches done: the iterator starts at the fifth of epoch 0
+    assert [i for _, i in sampler] == first[40:]

@@ -249,8 +249,7 @@ class PairDataModule(_lightning_datamodule()):  # type: ignore[misc]
         replicas, rank = self._world()
         d = self.config.data
         sampler = ResumableSampler(len(self.data.train), d.batch_size, self.config.seed, replicas, rank,
-                                   consumed=lambda: self.consumed_batches)
-        sampler.epoch, sampler.start_batch = sampler.position(self.consumed_batches)
+                                   consumed=lambda: self.consumed_batches)  # each iter() starts where training is
         self.sampler = sampler
         return DataLoader(
             EpochItems(self.data.train),

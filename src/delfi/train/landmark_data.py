@@ -177,10 +177,11 @@ class ValImages(_ReadsImages):
 class BalancedSampler(ResumableSampler):
     """`ResumableSampler` whose epoch is a draw (with replacement) with probability 1 / class size."""
 
-    def __init__(self, labels: np.ndarray, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, labels: np.ndarray, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
+                 consumed=None) -> None:
         from delfi.datasets.landmarks import class_balanced_weights
 
-        super().__init__(len(labels), batch_size, seed, num_replicas, rank)
+        super().__init__(len(labels), batch_size, seed, num_replicas, rank, consumed=consumed)
         self.weights = class_balanced_weights(np.asarray(labels))
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -317,12 +318,12 @@ class LandmarkDataModule(_lightning_datamodule()):  # type: ignore[misc]
 
         replicas, rank = self._world()
         d = self.config.data
+        consumed = lambda: self.consumed_batches  # noqa: E731 - each iter() starts where training is
         if d.balanced and self.data.labels is not None:
-            sampler: ResumableSampler = BalancedSampler(self.data.labels, d.batch_size, self.config.seed, replicas, rank)
+            sampler: ResumableSampler = BalancedSampler(self.data.labels, d.batch_size, self.config.seed, replicas, rank,
+                                                        consumed=consumed)
         else:
-            sampler = ResumableSampler(len(self.data.train), d.batch_size, self.config.seed, replicas, rank)
-        sampler.consumed = lambda: self.consumed_batches  # each iter() starts where training is
-        sampler.epoch, sampler.start_batch = sampler.position(self.consumed_batches)
+            sampler = ResumableSampler(len(self.data.train), d.batch_size, self.config.seed, replicas, rank, consumed=consumed)
         self.sampler = sampler
         return DataLoader(EpochItems(self.data.train), batch_size=d.batch_size, sampler=sampler,
                           num_workers=loader_workers(self.config), persistent_workers=False,
