@@ -161,7 +161,7 @@ def run_landmark_command(method: str, words: list[str], *, options: dict[str, An
         after = f"{last[key]:.3f}" if key in last else "-"
         rows.append((f"val/{key}", f"{before} at start -> {after} last"))
     if result.best is not None:
-        rows.append(("best checkpoint", f"{result.best} ({result.best_score:.3f})"))
+        rows.append(("best checkpoint", f"{result.best} ({result.monitor} {result.best_score:.3f})"))
     if result.skipped_nan:
         rows.append(("skipped steps (non-finite)", str(result.skipped_nan)))
     rows.append(("extract with", f"delfi extract PHOTOS --preset {_extract_preset(config)} --weights {result.best or result.last} --out F.h5"))

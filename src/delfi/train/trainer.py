@@ -156,6 +156,7 @@ class TrainResult:
     initial_metrics: dict[str, float] | None
     final_metrics: dict[str, float] | None
     skipped_nan: int
+    monitor: str | None = None  # the validation metric best.ckpt follows
 
 
 def quiet_lightning() -> None:
@@ -320,6 +321,7 @@ def train(
         initial_metrics=module.initial_metrics,
         final_metrics=module.last_val,
         skipped_nan=int(module.skipped_nan),
+        monitor=getattr(module, "monitor", None) if best is not None else None,
     )
 
 
