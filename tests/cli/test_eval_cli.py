@@ -164,6 +164,31 @@ def test_eval_hpatches_lists_a_bad_sequence_and_scores_the_rest(tmp_path, checkp
     assert "Traceback" not in result.output
 
 
+def test_eval_hpatches_refined(tmp_path, checkpoint):
+    from delfi.eval.hpatches import load_cache
+
+    root = _hpatches_root(tmp_path)
+    base = ["eval", "hpatches", "--root", root, "--weights", checkpoint, "--out", tmp_path / "res", "--method", "rand"]
+    alone = invoke(*base, "--refine-threshold", "5", *LOW)
+    assert alone.exit_code == 2 and "--refined" in alone.output and not (tmp_path / "res").exists()
+    bad = invoke(*base, "--refined", "--refine-threshold", "0", *LOW)
+    assert bad.exit_code == 2 and "positive" in bad.output
+    result = invoke(*base, "--refined", "--refine-threshold", "5", *LOW)
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "res" / "hpatches" / "rand"
+    assert "rand (refined)" in result.output and "hpatches-refined.npy" in result.output
+    data = json.loads((run_dir / "results.json").read_text())
+    assert data["refined"]["threshold"] == 5.0 and data["config"]["refined"] is True
+    cache = load_cache(run_dir / "hpatches-refined.npy")
+    assert {int(t): v for t, v in data["refined"]["mma"].items()} == {t: cache["mma"][t] for t in range(1, 11)}
+    assert cache["n_matches"] == data["refined"]["n_matches"] <= data["n_matches"]
+    # --compare: a published-style cache beside both rows of this run (features come from the cache)
+    compared = invoke(*base, "--refined", "--compare", run_dir / "hpatches.npy", *LOW)
+    assert compared.exit_code == 0, compared.output
+    header = next(line for line in compared.output.splitlines() if "metric" in line)
+    assert header.count("rand") == 3 and "cached" in compared.output
+
+
 def test_eval_evd_lists_a_bad_pair_and_scores_the_rest(tmp_path, checkpoint):
     root = _evd_root(tmp_path, ("toy", "odd"))
     (root / "h" / "odd.txt").unlink()

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from delfi.datasets.hpatches import load_homography
-from delfi.eval.hpatches import HPatchesResult, evaluate_sequences, load_cache, load_result, pair_errors, save_cache
+from delfi.eval.hpatches import (
+    HPatchesResult,
+    evaluate_sequences,
+    load_cache,
+    load_result,
+    pair_errors,
+    refine_inliers,
+    save_cache,
+)
 from delfi.types import Features
 
 PUBLISHED_MMA3 = {
@@ -103,6 +111,71 @@ def test_zero_match_pair_counts_zero(tmp_path):
     res = evaluate_sequences(feats, root)
     assert res.n_v_pairs == 5 and res.n_i_pairs == 0 and res.n_matches == [0] * 5
     assert res.mma(5) == 0.0 and np.isnan(res.mma(5, "i"))
+
+
+PROJECTIVE = np.array([[1.1, 0.05, 4.0], [-0.03, 0.95, -2.0], [2e-4, -1e-4, 1.0]])
+
+
+def _inliers_and_outliers(n_in: int = 40, n_out: int = 10, noise: float = 0.0, seed: int = 0):
+    """Image 1 and image k keypoints of ``n_in`` true correspondences under `PROJECTIVE` (within
+    ``noise`` px) followed by ``n_out`` gross outliers (moved 30-80 px); descriptors match index i to i."""
+    rng = np.random.default_rng(seed)
+    n = n_in + n_out
+    kp1 = rng.uniform(20, 300, (n, 2))
+    kpk = _project(kp1, PROJECTIVE) + rng.uniform(-noise, noise, (n, 2))
+    angle = rng.uniform(0, 2 * np.pi, n_out)
+    kpk[n_in:] += rng.uniform(30, 80, (n_out, 1)) * np.c_[np.cos(angle), np.sin(angle)]
+    return _features(kp1, np.eye(n)), _features(kpk, np.eye(n))
+
+
+def _all_matches(n: int):
+    from delfi.types import Matches
+
+    return Matches(indices=torch.arange(n).repeat(2, 1).T.contiguous(), scores=torch.ones(n))
+
+
+def test_refined_scores_only_the_homography_inliers(tmp_path):
+    root = tmp_path / "hp"
+    _write_seq(root, "v_proj", PROJECTIVE)
+    f1, fk = _inliers_and_outliers()
+    feats = {("v_proj", 1): f1, **{("v_proj", k): fk for k in range(2, 7)}}
+    plain = evaluate_sequences(feats, root, thresholds=[1, 3, 5])
+    refined = evaluate_sequences(feats, root, thresholds=[1, 3, 5], refine="ransac")
+    assert plain.mma(3) == pytest.approx(0.8) and plain.n_matches == [50] * 5
+    assert refined.mma(1) == 1.0 and refined.mma(3) == 1.0 and refined.n_matches == [40] * 5
+    assert refined.n_feats == plain.n_feats and refined.seq_type == plain.seq_type == ["v"] * 5
+    found = []
+    evaluate_sequences(feats, root, ["v_proj"], [3], refine="ransac", on_pair=lambda *a: found.append(len(a[4])))
+    assert found == [50] * 5  # on_pair still sees every mutual-NN match
+    mask = refine_inliers(f1, fk, _all_matches(50))
+    assert mask.dtype == bool and mask[:40].all() and not mask[40:].any()
+    with pytest.raises(ValueError, match="refine"):
+        evaluate_sequences(feats, root, refine="lmeds")
+
+
+def test_refined_too_few_matches_or_failed_fit_count_zero(tmp_path):
+    root = tmp_path / "hp"
+    _write_seq(root, "i_few", np.eye(3))
+    _write_seq(root, "v_flat", np.eye(3))
+    same = _features([[7.0, 7.0]] * 6, np.eye(6))  # six matches at one point: no homography fits
+    feats = {("i_few", k): _features(KP1[:3], DESC[:3, :3]) for k in range(1, 7)}  # three exact matches
+    feats.update({("v_flat", k): same for k in range(1, 7)})
+    plain = evaluate_sequences(feats, root, thresholds=[3])
+    refined = evaluate_sequences(feats, root, thresholds=[3], refine="ransac")
+    assert plain.mma(3) == 1.0 and plain.n_matches == [3] * 5 + [6] * 5
+    assert refined.mma(3) == 0.0 and refined.n_matches == [0] * 10 and refined.n_pairs == 10
+
+
+def test_refined_is_deterministic_for_a_seed(tmp_path):
+    root = tmp_path / "hp"
+    _write_seq(root, "v_noisy", PROJECTIVE)
+    f1, fk = _inliers_and_outliers(n_in=60, n_out=40, noise=3.0, seed=1)
+    feats = {("v_noisy", 1): f1, **{("v_noisy", k): fk for k in range(2, 7)}}
+    runs = [evaluate_sequences(feats, root, refine="ransac", seed=7, refine_threshold=2.0) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert 0 < runs[0].n_matches[0] < 100 and runs[0].mma(5) > evaluate_sequences(feats, root).mma(5)
+    save_cache(runs[0], tmp_path / "refined.npy")
+    assert load_result(tmp_path / "refined.npy") == runs[0]
 
 
 def test_cache_round_trip(tmp_path):

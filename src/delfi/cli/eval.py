@@ -130,6 +130,8 @@ def hpatches(
     convention: str = typer.Option("raw", "--homography-convention", help="raw (as published) | centre (delfi's pixel centres)."),
     threshold: float = typer.Option(3.0, "--ransac-threshold", help="RANSAC threshold for homography accuracy (px)."),
     compare: Optional[List[Path]] = typer.Option(None, "--compare", help="Published caches / results.json to tabulate beside."),
+    refined: bool = typer.Option(False, "--refined", help="Also score only the RANSAC-homography inliers of the same matches (hpatches-refined.npy)."),
+    refine_threshold: Optional[float] = typer.Option(None, "--refine-threshold", help="Inlier threshold of --refined (px, default 4)."),
     device: str = typer.Option("cpu", "--device"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
 ) -> None:
@@ -137,12 +139,22 @@ def hpatches(
 
     Features are cached per method, so a second run only re-scores. Results in <out>/hpatches/<method>/:
     hpatches.npy (the D2-Net cache format, comparable with published caches), results.json and mma.png.
+    --refined also scores the refined protocol (the same mutual-NN matches filtered by a RANSAC
+    homography, only its inliers scored): a second table row, a "refined" section in results.json and
+    hpatches-refined.npy (comparable with published *_RANSAC.npy caches).
     A sequence with missing or malformed files is listed and left out (exit 1); the rest is scored.
     """
     from delfi.datasets.hpatches import HPatchesError, list_sequences
-    from delfi.eval.hpatches_run import BENCHMARK, PRODUCTS, MissingFeaturesError, compare_table, run_hpatches
+    from delfi.eval.hpatches import REFINE_THRESHOLD
+    from delfi.eval.hpatches_run import (
+        BENCHMARK, PRODUCTS, REFINED_CACHE, MissingFeaturesError, compare_table, run_hpatches,
+    )  # fmt: skip
     from delfi.eval.results import ResultsConflictError, claim_run_dir
 
+    if refine_threshold is not None and not refined:
+        raise fail("--refine-threshold is the threshold of --refined: add --refined")
+    if refine_threshold is not None and not (refine_threshold > 0 and refine_threshold < float("inf")):
+        raise fail(f"--refine-threshold {refine_threshold}: give a positive number of pixels")
     _check_outputs(out, root, method, [image_list, *(compare or [])])
     _check_compare(list(compare or []))
     try:
@@ -158,13 +170,15 @@ def hpatches(
             report = run_hpatches(
                 root, extract, out, method=name, sequences=sequences or None, image_list=image_list,
                 homography_convention=convention, ransac_threshold=threshold, on_image=bar.advance,
+                refined=refined, refine_threshold=REFINE_THRESHOLD if refine_threshold is None else refine_threshold,
             )  # fmt: skip
     except (HPatchesError, MissingFeaturesError, ResultsConflictError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     console = Console()
     console.print(compare_table([report, *(compare or [])]))
     console.print(_status_line(report.status_counts), highlight=False)
-    stderr_console().print(f"results -> {report.out_dir}/ (hpatches.npy, results.json, mma.png)", highlight=False)
+    files = ", ".join(["hpatches.npy", *([REFINED_CACHE] if refined else []), "results.json", "mma.png"])
+    stderr_console().print(f"results -> {report.out_dir}/ ({files})", highlight=False)
     _report_failures("sequences", report.failures, report.out_dir, root)
 
 

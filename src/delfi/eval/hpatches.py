@@ -7,6 +7,14 @@ threshold t is the fraction of matches within t px (0 for a pair without matches
 precisions are summed per sequence type into ``i_err[t]`` (illumination) and ``v_err[t]``
 (viewpoint). ``MMA@t = (i_err[t] + v_err[t]) / (n_i_pairs + n_v_pairs)``.
 
+The "refined" variant (``refine="ransac"``, as reported by RomeoV/deep-local-features): the same
+mutual-NN matches are first filtered by a RANSAC homography fitted to them (`refine_inliers`:
+delfi's `delfi.match.verify.verify`, OpenCV USAC MAGSAC++ by default, ``refine_threshold`` px,
+seeded, so deterministic), only its inliers are scored and the pair's match count is the inlier
+count. A pair with fewer than 4 matches or a failed fit keeps no match and counts 0, as a pair
+without matches does in the plain protocol. (The published notebook uses scikit-image's ``ransac``
+with a 4 px threshold: same protocol, another estimator, so numbers agree closely, not exactly.)
+
 Result caches use the D2-Net notebook format: ``np.save`` of the object array
 ``[i_err, v_err, [seq_type, n_feats, n_matches]]`` (ALIKE's caches insert two more dicts,
 ``i_err_homo`` and ``v_err_homo``, before the last item). `load_cache` reads them without
@@ -44,6 +52,7 @@ __all__ = [
     "load_result",
     "pair_errors",
     "pair_homography",
+    "refine_inliers",
     "save_cache",
 ]
 
@@ -53,6 +62,10 @@ HOMOGRAPHY_CONVENTIONS = ("raw", "centre")
 """How ``H_1_k`` is applied to delfi's pixel-centre keypoints: ``"raw"`` as given (the D2-Net notebook,
 comparable with published caches) or ``"centre"`` converted from corner-origin coordinates with
 `delfi.eval.homography.convert_homography`."""
+REFINEMENTS = ("ransac",)
+"""Match filters of the refined protocol (``refine=None`` is the plain D2-Net protocol)."""
+REFINE_THRESHOLD = 4.0
+"""Default inlier threshold (px) of the refined protocol (the published notebook's)."""
 MAX_CACHE_BYTES = 64 * 1024 * 1024
 
 
@@ -87,6 +100,25 @@ class HPatchesResult:
     @property
     def n_pairs(self) -> int:
         return self.n_i_pairs + self.n_v_pairs
+
+    @classmethod
+    def empty(cls, thresholds: Iterable[int]) -> "HPatchesResult":
+        """A result with no pair yet, accumulating at ``thresholds``."""
+        ts = list(thresholds)
+        return cls(i_err={t: 0.0 for t in ts}, v_err={t: 0.0 for t in ts})
+
+    def add_pair(self, kind: str, dist: np.ndarray) -> None:
+        """Accumulate one pair of type ``kind`` (``'i'`` / ``'v'``) whose scored matches have
+        reprojection errors ``dist`` (its match count is ``len(dist)``; no match: precision 0)."""
+        self.n_matches.append(len(dist))
+        self.seq_type.append(kind)
+        err = self.i_err if kind == "i" else self.v_err
+        for t in err:
+            err[t] += float(np.mean(dist <= t)) if len(dist) else 0.0
+        if kind == "i":
+            self.n_i_pairs += 1
+        else:
+            self.n_v_pairs += 1
 
     def mma(self, t: int, subset: str = "overall") -> float:
         """Mean matching accuracy at ``t`` px over all pairs, or only ``'i'`` / ``'v'`` pairs (nan if none)."""
@@ -160,6 +192,34 @@ def pair_homography(root: str | os.PathLike, seq: str, k: int, convention: str =
 PairCallback = Callable[[str, int, Features, Features, Any, np.ndarray], None]
 
 
+def refine_inliers(
+    features1: Features,
+    features_k: Features,
+    matches: Any,
+    *,
+    threshold: float = REFINE_THRESHOLD,
+    seed: int = 0,
+    backend: str = "opencv",
+) -> np.ndarray:
+    """Which of ``matches`` the refined protocol keeps: the inliers of a RANSAC homography.
+
+    The homography is fitted to the matches by `delfi.match.verify.verify` (``geometry="homography"``,
+    ``threshold`` px, ``seed``, ``backend``; deterministic for a seed). Every inlier of the model found
+    is kept, whatever verify's status (the published protocol has no minimum); fewer than 4 matches
+    or a failed fit keep none.
+
+    Returns:
+        (K,) bool numpy mask over ``matches.indices``.
+    """
+    from delfi.match.verify import verify
+
+    verified = verify(
+        features1, features_k, matches.to("cpu"), geometry="homography", threshold=threshold, seed=seed,
+        backend=backend, min_inliers=0,
+    )  # fmt: skip
+    return verified.inliers.cpu().numpy().astype(bool, copy=False)
+
+
 def evaluate_sequences(
     features_by_image: FeatureSource,
     root: str | os.PathLike,
@@ -170,8 +230,12 @@ def evaluate_sequences(
     chunk_size: int = 4096,
     homography_convention: str = "raw",
     on_pair: PairCallback | None = None,
+    refine: str | None = None,
+    refine_threshold: float = REFINE_THRESHOLD,
+    seed: int = 0,
+    backend: str = "opencv",
 ) -> HPatchesResult:
-    """Run the D2-Net HPatches protocol.
+    """Run the D2-Net HPatches protocol, or its refined variant (module docstring).
 
     Args:
         features_by_image: ``f(seq, k) -> Features`` or a mapping ``{(seq, k): Features}``, k = 1..6;
@@ -184,15 +248,20 @@ def evaluate_sequences(
         homography_convention: ``"raw"`` (default, the D2-Net notebook) applies ``H_1_k`` as given;
             ``"centre"`` converts it from corner-origin to pixel-centre coordinates first.
         on_pair: called after each pair as ``on_pair(seq, k, features_1, features_k, matches, H)``
-            with the mutual-NN `Matches` and the homography used (e.g. to estimate geometry).
+            with the mutual-NN `Matches` (unfiltered, also when refining) and the homography used.
+        refine: None (default): score every mutual-NN match; ``"ransac"``: score only the inliers of
+            a RANSAC homography (`refine_inliers`), the refined protocol.
+        refine_threshold, seed, backend: the RANSAC's inlier threshold (px), seed and `verify` backend
+            (only with ``refine``).
     """
     get = features_by_image.__getitem__ if isinstance(features_by_image, Mapping) else None
     fetch = (lambda s, k: get((s, k))) if get is not None else features_by_image
     if homography_convention not in HOMOGRAPHY_CONVENTIONS:
         raise ValueError(f"homography_convention must be one of {HOMOGRAPHY_CONVENTIONS}, got {homography_convention!r}")
+    if refine is not None and refine not in REFINEMENTS:
+        raise ValueError(f"refine must be None or one of {REFINEMENTS}, got {refine!r}")
     seqs = list_sequences(root) if sequences is None else list(sequences)
-    ts = list(thresholds)
-    result = HPatchesResult(i_err={t: 0.0 for t in ts}, v_err={t: 0.0 for t in ts})
+    result = HPatchesResult.empty(thresholds)
     for seq in seqs:
         kind = sequence_type(seq)
         f1 = fetch(seq, 1)
@@ -205,17 +274,11 @@ def evaluate_sequences(
             found = mutual_nn(d1, fk.descriptors.to(dev), chunk_size=chunk_size)
             H = pair_homography(root, seq, k, homography_convention)
             dist = pair_errors(f1.keypoints, fk.keypoints, found.indices, H)
+            if refine is not None:
+                dist = dist[refine_inliers(f1, fk, found, threshold=refine_threshold, seed=seed, backend=backend)]
             if on_pair is not None:
                 on_pair(seq, k, f1, fk, found, H)
-            result.n_matches.append(len(dist))
-            result.seq_type.append(kind)
-            err = result.i_err if kind == "i" else result.v_err
-            for t in ts:
-                err[t] += float(np.mean(dist <= t)) if len(dist) else 0.0
-        if kind == "i":
-            result.n_i_pairs += len(PAIR_INDICES)
-        else:
-            result.n_v_pairs += len(PAIR_INDICES)
+            result.add_pair(kind, dist)
     return result
 
 

@@ -9,12 +9,19 @@ checking that the ``results.json`` there is delfi's own HPatches results):
   only re-scores, and an interrupted run resumes.
 - ``hpatches.npy``: the D2-Net notebook cache (`save_cache`), directly comparable with published
   caches through `load_cache` / `compare_table`.
+- ``hpatches-refined.npy`` (only with ``refined=True``): the refined protocol's scores in the same
+  format, comparable with the published ``*_RANSAC.npy`` caches. A run without ``refined`` removes
+  an earlier run's copy, so the folder's files always describe its ``results.json``.
 - ``results.json``: MMA@1..10 (overall / i / v), homography accuracy, mean features per image and
   matches per pair, how many pairs each verification status has (``status_counts``), the sequences
-  left out with their reasons (``failures``), the run's configuration and one record per pair.
+  left out with their reasons (``failures``), the run's configuration and one record per pair; with
+  ``refined=True`` also a ``refined`` section (MMA@1..10 overall / i / v, matches per pair, threshold).
 - ``mma.png``: the MMA curves (`delfi.eval.plots.plot_mma_curves`).
 
 Scoring is the D2-Net protocol (`evaluate_sequences`: plain mutual nearest neighbours, MMA at 1..15 px).
+``refined=True`` also scores the refined protocol from the same features and the same mutual-NN
+matches (one extraction, one matching): only the inliers of a RANSAC homography fitted at
+``refine_threshold`` px (`delfi.eval.hpatches.refine_inliers`, seeded by ``seed``) are scored.
 Homography accuracy: per pair a RANSAC homography is estimated from the same mutual-NN matches
 (`delfi.match.verify.verify`), its corner error measured against the ground truth on image 1's
 corners (`delfi.eval.homography.corner_error`); accuracy at t px = fraction of pairs with error <= t.
@@ -54,10 +61,13 @@ from delfi.datasets.hpatches import (
 from delfi.eval.homography import corner_error, homography_accuracy, pair_status, status_counts
 from delfi.eval.hpatches import (
     HOMOGRAPHY_CONVENTIONS,
+    REFINE_THRESHOLD,
     HPatchesResult,
     evaluate_sequences,
     load_cache,
+    pair_errors,
     pair_homography,
+    refine_inliers,
     save_cache,
 )
 from delfi.eval.results import check_outside, claim_run_dir, first_failure, report_json, write_results
@@ -76,7 +86,8 @@ __all__ = [
 ]
 
 BENCHMARK = "hpatches"
-PRODUCTS = ("hpatches.npy", "mma.png")
+REFINED_CACHE = "hpatches-refined.npy"
+PRODUCTS = ("hpatches.npy", REFINED_CACHE, "mma.png")
 """Files of a run folder besides results.json and the feature store."""
 
 HA_THRESHOLDS: tuple[int, ...] = (1, 3, 5)
@@ -223,6 +234,8 @@ class HPatchesReport:
         n_extracted: images extracted by this run (0 when everything came from the cache).
         seconds: wall time of the run.
         ha_thresholds: thresholds of the homography accuracy.
+        refined: the refined protocol's accumulators (None when not asked for).
+        refine_threshold: the refined protocol's RANSAC threshold (px).
     """
 
     method: str
@@ -234,6 +247,8 @@ class HPatchesReport:
     seconds: float = 0.0
     ha_thresholds: tuple[int, ...] = HA_THRESHOLDS
     failures: list[tuple[str, str]] = field(default_factory=list)  # (sequence, reason), left out
+    refined: HPatchesResult | None = None
+    refine_threshold: float = REFINE_THRESHOLD
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -260,18 +275,32 @@ class HPatchesReport:
         out["status_counts"] = self.status_counts
         out["n_verified"] = self.status_counts.get("ok", 0)
         out["n_failed_sequences"] = len(self.failures)
+        if self.refined is not None:
+            out["refined"] = self.refined_summary(max_threshold)
+        return out
+
+    def refined_summary(self, max_threshold: int = 10) -> dict[str, Any] | None:
+        """The refined protocol's MMA@1..max_threshold (overall / i / v), matches (inliers) per pair,
+        features per image and its threshold; None without refined scores."""
+        if self.refined is None:
+            return None
+        full = self.refined.summary(max_threshold=max_threshold)
+        out = {key: full[key] for key in ("mma", "mma_i", "mma_v", "n_matches", "n_feats")}
+        out.update(refine="ransac", threshold=float(self.refine_threshold))
         return out
 
     def to_json(self) -> dict[str, Any]:
         """The content of results.json (JSON-safe: non-finite numbers become null)."""
+        protocol = "D2-Net (mutual NN, MMA), homography accuracy by RANSAC corner error"
+        if self.refined is not None:
+            protocol += "; refined: MMA of the RANSAC-homography inliers"
         return report_json("hpatches", self.summary(), config=self.config, n_extracted=self.n_extracted,
                            seconds=self.seconds, pairs=[p.to_json() for p in self.pairs],
-                           failures=[{"sequence": s, "reason": r} for s, r in self.failures],
-                           protocol="D2-Net (mutual NN, MMA), homography accuracy by RANSAC corner error")
+                           failures=[{"sequence": s, "reason": r} for s, r in self.failures], protocol=protocol)
 
     def table(self, title: str | None = None) -> Any:
-        """A `rich.table.Table` with this run as one row (see `compare_table`)."""
-        return _table([(self.method, self.summary())], title=title or "HPatches (D2-Net protocol)")
+        """A `rich.table.Table` with this run as one row, and its refined scores as a second (`compare_table`)."""
+        return compare_table([self], title=title or "HPatches (D2-Net protocol)")
 
 
 # ----------------------------------------------------------------------------- comparison table
@@ -298,7 +327,9 @@ def summary_of(item: Any) -> tuple[str, dict[str, Any]]:
             return _results_summary(path)
         summary = _normalise_summary(load_cache(path))
         name = path.name[:-4] if path.name.endswith(".npy") else path.name
-        return (path.parent.name if name == "hpatches" and path.parent.name else name), summary
+        if path.parent.name and name in ("hpatches", REFINED_CACHE[:-4]):
+            name = path.parent.name + (" (refined)" if name != "hpatches" else "")
+        return name, summary
     if isinstance(item, Mapping):
         return str(item.get("method", "?")), _normalise_summary(item)
     raise TypeError(f"cannot compare a {type(item).__name__}: give a report, a cache path, a results.json or a dict")
@@ -373,12 +404,17 @@ def compare_table(items: Iterable[Any] | Mapping[str, Any], title: str | None = 
     Args:
         items: `HPatchesReport` objects, paths to D2-Net ``.npy`` caches (read safely by `load_cache`),
             paths to ``results.json`` files, or summary dicts; or a mapping ``{row name: item}``.
+            A report or results.json with refined scores gives a second row, ``"<name> (refined)"``.
     """
     pairs = items.items() if isinstance(items, Mapping) else ((None, item) for item in items)
     rows = []
     for name, item in pairs:
         default, summary = summary_of(item)
-        rows.append((str(name) if name is not None else default, summary))
+        name = str(name) if name is not None else default
+        rows.append((name, summary))
+        refined = summary.get("refined")
+        if isinstance(refined, Mapping) and isinstance(refined.get("mma"), Mapping):
+            rows.append((f"{name} (refined)", _normalise_summary(refined)))
     return _table(rows, title=title)
 
 
@@ -420,6 +456,8 @@ def run_hpatches(
     device: Any = None,
     plot: bool = True,
     on_image: Callable[[str, str], None] | None = None,
+    refined: bool = False,
+    refine_threshold: float = REFINE_THRESHOLD,
 ) -> HPatchesReport:
     """Run the HPatches benchmark for one method and write its results.
 
@@ -444,6 +482,8 @@ def run_hpatches(
         device: where to match (default: where the features are, the CPU for the store).
         plot: write ``mma.png``.
         on_image: progress callback ``(store name, "done" | "cached" | "failed")``.
+        refined: also score the refined protocol (module docstring) and write ``hpatches-refined.npy``.
+        refine_threshold: inlier threshold (px) of the refined protocol's RANSAC homography.
 
     Raises:
         ResultsConflictError: the output folder is inside ``root`` or holds files delfi did not write.
@@ -457,6 +497,9 @@ def run_hpatches(
         raise ValueError(f"homography_convention must be one of {HOMOGRAPHY_CONVENTIONS}, got {homography_convention!r}")
     if not method or "/" in method or method in (".", ".."):
         raise ValueError(f"method must be a plain folder name, got {method!r}")
+    if refined and not (math.isfinite(refine_threshold) and refine_threshold > 0):
+        raise ValueError(f"refine_threshold must be a positive number of pixels, got {refine_threshold}")
+    thresholds = list(thresholds)
     root = Path(root)
     seqs = _select_sequences(root, sequences, image_list)
     if not seqs:
@@ -482,6 +525,7 @@ def run_hpatches(
         raise HPatchesError(f"{root}: no sequence could be evaluated: {first_failure(failures, 'nothing to evaluate')}")
 
     records: list[PairRecord] = []
+    refined_result = HPatchesResult.empty(thresholds) if refined else None
     with FeatureStore(store_path, "r") as store:
 
         def fetch(seq: str, k: int) -> Features:
@@ -502,6 +546,10 @@ def run_hpatches(
                     corner_error=corner_error(model, H, size),
                 )  # fmt: skip
             )
+            if refined_result is not None:  # the same matches, only the RANSAC inliers scored
+                keep = refine_inliers(f1, fk, matches, threshold=refine_threshold, seed=seed, backend=verify_backend)
+                dist = pair_errors(f1.keypoints, fk.keypoints, matches.indices, H)
+                refined_result.add_pair(sequence_type(seq), dist[keep])
 
         result = evaluate_sequences(
             fetch, root, seqs, thresholds, device=device, homography_convention=homography_convention, on_pair=on_pair
@@ -521,18 +569,29 @@ def run_hpatches(
         "seed": int(seed),
         "verify_backend": verify_backend,
         "max_keypoints": None if max_keypoints is None else int(max_keypoints),
+        "refined": bool(refined),
     }
+    if refined_result is not None:
+        refined_result.n_feats = list(result.n_feats)
     report = HPatchesReport(
         method=method, result=result, pairs=records, config=config, out_dir=run_dir, n_extracted=n_extracted,
-        ha_thresholds=tuple(ha_thresholds), failures=failures,
+        ha_thresholds=tuple(ha_thresholds), failures=failures, refined=refined_result,
+        refine_threshold=float(refine_threshold),
     )  # fmt: skip
     report.seconds = time.perf_counter() - started
     write_results(run_dir / "results.json", report.to_json(), BENCHMARK)  # first: it marks the folder as ours
     save_cache(result, run_dir / "hpatches.npy")
+    if refined_result is not None:
+        save_cache(refined_result, run_dir / REFINED_CACHE)
+    else:
+        (run_dir / REFINED_CACHE).unlink(missing_ok=True)  # an earlier run's: not this results.json's
     if plot:
         from delfi.eval.plots import plot_mma_curves
 
-        plot_mma_curves({method: result}, run_dir / "mma.png", title=f"HPatches: {method}")
+        curves = {method: result}
+        if refined_result is not None:
+            curves[f"{method} (refined)"] = refined_result
+        plot_mma_curves(curves, run_dir / "mma.png", title=f"HPatches: {method}")
     return report
 
 
