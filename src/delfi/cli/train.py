@@ -10,16 +10,16 @@ folder with the config stored in the checkpoint (``key=value`` overrides on top,
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from delfi.cli.common import fail, report_failures, stderr_console, summary_table
+from delfi.cli.common import fail, stderr_console
 
-app = typer.Typer(help="Train networks: R2D2 (and its loss variants) on homography pairs of any photos; DELF, DELG "
-                       "and DELG for place recognition on labelled photos.", no_args_is_help=True)
+app = typer.Typer(help="Train networks: R2D2 (and its loss variants) and multi-level attention keypoints on homography "
+                       "pairs of any photos (or depth + pose pairs); DELF, DELG and DELG for place recognition on labelled "
+                       "photos.", no_args_is_help=True)
 
 
 @app.callback()
@@ -43,117 +43,17 @@ def r2d2(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train R2D2 on synthetic homography pairs of photos (official recipe by default)."""
-    from delfi.config import ConfigError
-    from delfi.train.trainer import (
-        RunFolderError,
-        check_run_folder,
-        checkpoint_train_config,
-        is_secondary_process,
-        prepare_run_folder,
-        resolve_checkpoint,
-    )
+    from delfi.cli.train_pairs import run_pair_command
 
-    words = [str(w) for w in (settings or [])]
-    stray = [w for w in words if "=" not in w]
-    if stray:
-        raise fail(f"unexpected argument(s) {' '.join(stray)}: options are --images, --out ...; overrides look like key=value")
-    checkpoint = None
-    base = None
-    try:
-        if resume is not None:
-            if preset is not None:
-                raise fail("--preset cannot be combined with --resume: the run continues with the config in its checkpoint "
-                           "(change settings with key=value overrides)")
-            checkpoint = resolve_checkpoint(resume)
-            base = checkpoint_train_config(checkpoint)
-            if base.get("method", "r2d2") != "r2d2":
-                raise fail(f"--resume {checkpoint}: a {base.get('method')!r} run: continue it with delfi train {base.get('method')} --resume ...")
-            out = out if out is not None else checkpoint.parent
-        elif out is None:
-            raise fail("give --out DIR (a new or empty folder for the run), or --resume CKPT to continue a run")
-        from delfi.train.config import TrainConfig, load_train_preset, resolve_train_config
-
-        if preset is not None and resume is None:
-            preset_method = load_train_preset(preset).get("method", "r2d2")
-            if preset_method != "r2d2":
-                raise fail(f"--preset {preset} is a {preset_method!r} recipe: train it with delfi train {preset_method}")
-        options = {}
-        if images is not None:
-            options.setdefault("data", {})["images"] = images
-        if val_images is not None:
-            options.setdefault("data", {})["val_images"] = val_images
-        if seed is not None:
-            options["seed"] = seed
-        config = resolve_train_config(None if base else (preset or "r2d2"), words, ("options", options), base=base,
-                                      schema=TrainConfig)
-        check_run_folder(out, resume=checkpoint is not None, overwrite=overwrite)  # before the images are read
-    except (ConfigError, RunFolderError) as exc:
-        raise fail(str(exc)) from None
-    if config.data.images is None:
-        raise fail("no training images: give --images (a folder, an image file or a .txt list of photos)")
-    console = stderr_console()
-    if is_secondary_process():  # a DDP child re-running the command: rank 0 reports
-        from rich.console import Console
-
-        console = Console(stderr=True, quiet=True)
-    from delfi.train.data import load_training_data
-
-    try:
-        data = load_training_data(config)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    if data.skipped:
-        report_failures(console, "unreadable images, skipped", ["image", "reason"], [(str(p), r) for p, r in data.skipped])
-    from delfi.train.trainer import check_trainer_settings
-
-    try:
-        check_trainer_settings(config)
-    except ValueError as exc:
-        raise fail(f"cannot train: {exc}") from None
-    try:
-        folder = prepare_run_folder(out, resume=checkpoint is not None, overwrite=overwrite)
-    except RunFolderError as exc:
-        raise fail(str(exc)) from None
-    val = f"{len(data.val.paths)} ({'held out of --images' if data.held_out else config.data.val_images}), {config.val.pairs} pairs" \
-        if data.val is not None else "none"
-    console.print(summary_table("delfi train r2d2", [
-        ("training images", f"{len(data.train)} from {config.data.images}"),
-        ("validation images", val),
-        ("loss", f"{config.loss.reliability.value} reliability + {config.loss.repeatability.value} repeatability N={config.loss.N} + peaky"),
-        ("steps", f"{config.trainer.max_steps} (batch {config.data.batch_size}, {config.data.crop_size} px, {config.trainer.precision})"),
-        ("run folder", str(folder) + (f" (resuming {checkpoint})" if checkpoint else "")),
-    ]))
-    from delfi.train.trainer import train
-
-    try:
-        result = train(config, folder, data=data, resume=checkpoint, command=["delfi", *sys.argv[1:]], progress=progress, console=console)
-    except ValueError as exc:  # e.g. Lightning's refusal of an accelerator / strategy this machine lacks
-        raise fail(f"cannot train: {str(exc).splitlines()[0]}") from None
-    except _misconfiguration() as exc:
-        raise fail(f"cannot train: {str(exc).splitlines()[0]}") from None
-    from delfi.train.validation import threshold_name
-
-    metric = f"mma@{threshold_name(float(config.val.pixel_threshold))}"  # the monitored val/<metric>
-    rows = [("steps", str(result.steps)), ("last checkpoint", str(result.last))]
-    if result.initial_metrics is not None:
-        rows.append((f"val/{metric} at start", f"{result.initial_metrics[metric]:.3f}"))
-    if result.final_metrics is not None:
-        rows.append((f"val/{metric} last", f"{result.final_metrics[metric]:.3f}"))
-    if result.best is not None:
-        rows.append(("best checkpoint", f"{result.best} (val/{metric} {result.best_score:.3f})"))
-    if result.skipped_nan:
-        rows.append(("skipped steps (non-finite)", str(result.skipped_nan)))
-    rows.append(("logs", f"tensorboard --logdir {folder}"))
-    console.print(summary_table("done", rows))
-
-
-def _misconfiguration():
-    try:
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        return MisconfigurationException
-    except ImportError:  # pragma: no cover
-        return ()
+    options: dict = {}
+    if images is not None:
+        options.setdefault("data", {})["images"] = images
+    if val_images is not None:
+        options.setdefault("data", {})["val_images"] = val_images
+    if seed is not None:
+        options["seed"] = seed
+    run_pair_command("r2d2", [str(w) for w in (settings or [])], options=options, preset=preset, out=out, resume=resume,
+                     overwrite=overwrite, progress=progress)
 
 
 SETTINGS_HELP = "key=value overrides, e.g. optim.lr=0.005 trainer.max_steps=2000 trainer.precision=bf16-mixed (unique short names work: groups=8)"
@@ -259,6 +159,60 @@ def vpr(
     if only_local:
         options["vpr"] = {"only_local": True}
     _landmark("vpr", settings, options, preset, out, resume, overwrite, seed, progress)
+
+
+_PAIRS = typer.Option(None, "--pairs", help="Real pairs instead: a MegaDepth root as D2-Net preprocesses it (scene_info/*.npz, "
+                                            "depth maps, poses); correspondences from depth + pose.")
+
+
+def _multilevel(method: str, settings, images, val_images, pairs, init, preset, out, resume, overwrite, seed, progress) -> None:
+    from delfi.cli.train_pairs import run_pair_command
+
+    data = {k: v for k, v in (("images", images), ("val_images", val_images), ("pairs", pairs)) if v is not None}
+    options: dict = {"data": data} if data else {}
+    if init is not None:
+        options["net"] = {"init_from": init}
+    if seed is not None:
+        options["seed"] = seed
+    run_pair_command(method, [str(w) for w in (settings or [])], options=options, preset=preset, out=out, resume=resume,
+                     overwrite=overwrite, progress=progress)
+
+
+@app.command("multilevel-encoder")
+def multilevel_encoder(
+    settings: Optional[List[str]] = typer.Argument(None, help=SETTINGS_HELP + "; backbone_weights=resnet50.pth for ImageNet weights"),
+    images: Optional[str] = typer.Option(None, "--images", help="Training photos (homography pairs): a folder, an image or a .txt list."),
+    val_images: Optional[str] = typer.Option(None, "--val-images", help="Validation photos (default: 10% of --images held out by file-name hash)."),
+    pairs: Optional[str] = _PAIRS,
+    init: Optional[str] = typer.Option(None, "--init", help=INIT_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data order, the pairs and the initialisation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Multi-level attention, stage 1: the per-level 64-D encoders (reconstruction + D2-Net triplet loss) on a frozen ResNet."""
+    _multilevel("multilevel-encoder", settings, images, val_images, pairs, init, preset, out, resume, overwrite, seed, progress)
+
+
+@app.command("multilevel")
+def multilevel(
+    settings: Optional[List[str]] = typer.Argument(
+        None, help=SETTINGS_HELP + "; loss=distinctiveness+ | triplet-weighted, loss.peaky_n=2 loss.peaky_lambda=0.5"),
+    images: Optional[str] = typer.Option(None, "--images", help="Training photos (homography pairs): a folder, an image or a .txt list."),
+    val_images: Optional[str] = typer.Option(None, "--val-images", help="Validation photos (default: 10% of --images held out by file-name hash)."),
+    pairs: Optional[str] = _PAIRS,
+    init: Optional[str] = typer.Option(None, "--init", help="The trained encoders: a multilevel-encoder run's best.ckpt."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data order, the pairs and the initialisation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Multi-level attention, stage 2: the attention heads (distinctiveness+ loss with peakiness) on frozen encoders."""
+    _multilevel("multilevel", settings, images, val_images, pairs, init, preset, out, resume, overwrite, seed, progress)
 
 
 @app.command("presets")

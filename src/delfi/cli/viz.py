@@ -117,13 +117,13 @@ def keypoints(
 @app.command("attention")
 def attention(
     image: Path = typer.Argument(..., help="The image."),
-    preset: str = typer.Option("delf", "--preset", "-p", help="A DELF or DELG preset (or YAML file)."),
+    preset: str = typer.Option("delf", "--preset", "-p", help="A DELF, DELG or multilevel preset (or YAML file)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint path or known weights name."),
     out: Path = typer.Option(Path("attention.png"), "--out", "-o"),
     device: str = typer.Option("cpu", "--device"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value."),
 ) -> None:
-    """Attention heatmaps per pyramid scale with the selected keypoints on top."""
+    """Attention heatmaps per pyramid scale (per level for multilevel) with the selected keypoints on top."""
     import warnings
 
     from rich.markup import escape
@@ -146,11 +146,12 @@ def attention(
     from delfi.models.capabilities import ATTENTION_MAPS, supports
 
     if not supports(model, ATTENTION_MAPS):
-        raise fail(f"the {config.model} extractor has no attention maps (use a delf or delg preset)")
+        raise fail(f"the {config.model} extractor has no attention maps (use a delf, delg or multilevel preset)")
     untrained = bool(getattr(model, "untrained", False))
     levels = model.attention_maps(picture)
     found = model.extract(picture)
     title = f"{image.name}: {config.model} attention"
     plot_attention(picture, levels, found, out=out, title=title, untrained=untrained)
     stamp = " [red](UNTRAINED: random weights)[/red]" if untrained else ""
-    stderr_console().print(f"{len(levels)} scales, {len(found)} keypoints -> {escape(str(out))}{stamp}", highlight=False)
+    what = "levels" if levels and isinstance(levels[0][0], str) else "scales"
+    stderr_console().print(f"{len(levels)} {what}, {len(found)} keypoints -> {escape(str(out))}{stamp}", highlight=False)

@@ -7,7 +7,7 @@
 >>> features = model.extract("photo.jpg")                      # doctest: +SKIP
 
 Each extractor runs a trainable network (``model.network``: `networks.R2D2Net`, `networks.DELFNet`,
-`networks.DELGNet`), declares what it can do (``model.capabilities``, `supports`), and loads any
+`networks.DELGNet`, `multilevel_net.MultiLevelNet`), declares what it can do (``model.capabilities``, `supports`), and loads any
 checkpoint of `checkpoints` (delfi, Lightning, official R2D2), whose network settings it adopts.
 """
 
@@ -31,6 +31,7 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "r2d2": ("delfi.models.r2d2", "R2D2", "R2D2Config"),
     "delf": ("delfi.models.delf", "DELF", "DELFConfig"),
     "delg": ("delfi.models.delg", "DELG", "DELGConfig"),
+    "multilevel": ("delfi.models.multilevel", "MultiLevel", "MultiLevelConfig"),
 }
 
 

@@ -2,7 +2,7 @@
 
 `save_checkpoint` writes a network with what rebuilds it and where it came from, atomically::
 
-    {"delfi": {"format": "delfi-checkpoint", "format_version": 1, "family": "r2d2" | "delf" | "delg",
+    {"delfi": {"format": "delfi-checkpoint", "format_version": 1, "family": "r2d2" | "delf" | "delg" | "multilevel",
                "config": {...network (and other) settings...}, "normalisation": "imagenet" | ...,
                "provenance": {"data", "seed", "steps", "delfi_version", "command", ...}},
      "state_dict": {parameter name: tensor}}          # the network's own keys, CPU, contiguous
@@ -318,7 +318,7 @@ KINDS = ("delfi", "lightning", "official-r2d2")
 LIGHTNING_PREFIX = "net."
 """Where the trainer's LightningModule keeps the network (``self.net``): its state dict keys' prefix."""
 
-FAMILIES = ("r2d2", "delf", "delg")
+FAMILIES = ("r2d2", "delf", "delg", "multilevel")
 PROVENANCE_KEYS = ("data", "seed", "steps", "delfi_version", "command")
 
 R2D2_DEFAULTS = {"arch": "quad_l2net", "mchan": 4, "dim": 128}

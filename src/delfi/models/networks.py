@@ -41,9 +41,10 @@ from torch import Tensor, nn
 from delfi.extract.receptive import TF_SUBSAMPLE_POOL, ReceptiveField, receptive_field
 from delfi.models.heads import AttentionHead, Autoencoder, GeM, Whitening, attention_pool
 from delfi.models.l2net import R2D2Net
+from delfi.models.multilevel_net import MultiLevelNet
 from delfi.models.resnet import ResNet
 
-__all__ = ["StrideIn", "R2D2Net", "DELFNet", "DELGNet", "NETWORKS", "network_class", "build_network", "same_setting"]
+__all__ = ["StrideIn", "R2D2Net", "DELFNet", "DELGNet", "MultiLevelNet", "NETWORKS", "network_class", "build_network", "same_setting"]
 
 
 class StrideIn(str, Enum):
@@ -217,7 +218,7 @@ class DELGNet(DELFNet):
         return out
 
 
-NETWORKS: dict[str, type[nn.Module]] = {"r2d2": R2D2Net, "delf": DELFNet, "delg": DELGNet}
+NETWORKS: dict[str, type[nn.Module]] = {"r2d2": R2D2Net, "delf": DELFNet, "delg": DELGNet, "multilevel": MultiLevelNet}
 """The network class of each family."""
 
 

@@ -171,7 +171,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.method != "r2d2":
             raise ConfigError(f"method: an R2D2 training config has method 'r2d2', got {self.method!r} "
-                              "(delf-finetune, delf-keypoint, delg and vpr are trained by their own commands)")
+                              "(delf-finetune, delf-keypoint, delg, vpr, multilevel-encoder and multilevel are trained by their own commands)")
         for key, value, low in (
             ("net.mchan", self.net.mchan, 1),
             ("net.dim", self.net.dim, 2),
@@ -349,9 +349,13 @@ def resolve_train_config(
 
 
 def schema_for(method: str) -> type:
-    """The config schema of a training method: `TrainConfig` (r2d2) or `LandmarkTrainConfig`."""
+    """The config schema of a training method: `TrainConfig` (r2d2), `LandmarkTrainConfig` or
+    `MultiLevelTrainConfig`."""
     from delfi.train.landmark_config import LandmarkTrainConfig, is_landmark_method
+    from delfi.train.multilevel_config import MultiLevelTrainConfig, is_multilevel_method
 
+    if is_multilevel_method(method):
+        return MultiLevelTrainConfig
     return LandmarkTrainConfig if is_landmark_method(method) else TrainConfig
 
 

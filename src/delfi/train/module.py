@@ -29,7 +29,7 @@ from delfi.train.config import TrainConfig, config_dict, loss_config
 from delfi.train.losses.r2d2 import R2D2Loss
 from delfi.train.validation import IMAGENET_MEAN, IMAGENET_STD, THRESHOLDS, evaluate_pairs, pair_precisions, summarise, threshold_name
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "R2D2Module", "checkpoint_metadata", "network_config", "step_seed",
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "R2D2Module", "SkipNonFinite", "checkpoint_metadata", "network_config", "step_seed",
            "uses_channels_last"]
 
 CHECKPOINT_FORMAT = "delfi-checkpoint"
@@ -55,7 +55,36 @@ def network_config(config: TrainConfig) -> dict[str, Any]:
     return {"model": "r2d2", "arch": config.net.arch.value, "mchan": int(config.net.mchan), "dim": int(config.net.dim)}
 
 
-class R2D2Module(pl.LightningModule):
+class SkipNonFinite:
+    """Mixin of a LightningModule with ``self.net`` and a ``skipped_nan`` counter: a step whose
+    loss (`_all_finite` in ``training_step``) or gradients are not finite is skipped and counted,
+    with a warning; under DDP all ranks decide together."""
+
+    skipped_nan: int
+
+    def _all_finite(self, finite: bool) -> bool:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return finite
+        return bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def _skip(self, why: str) -> None:
+        self.skipped_nan += 1
+        warnings.warn(f"training step {self.global_step}: {why}; the step is skipped "
+                      f"({self.skipped_nan} skipped so far, logged as train/skipped_nan)", RuntimeWarning, stacklevel=2)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if not grads:
+            return
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all().item())
+        if not self._all_finite(finite):
+            for p in self.net.parameters():
+                p.grad = None
+            self._skip("non-finite gradients")
+
+
+class R2D2Module(SkipNonFinite, pl.LightningModule):
     """Trains ``self.net`` (`R2D2Net`) on batches of pairs (``image1``, ``image2`` in [0, 1], ``flow``,
     ``mask``); validates MMA on batches of (``image1``, ``image2``, ``homography``)."""
 
@@ -100,17 +129,6 @@ class R2D2Module(pl.LightningModule):
 
     # --- training --------------------------------------------------------------------------------
 
-    def _all_finite(self, finite: bool) -> bool:
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:
-            return finite
-        return bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
-
-    def _skip(self, why: str) -> None:
-        self.skipped_nan += 1
-        warnings.warn(f"training step {self.global_step}: {why}; the step is skipped "
-                      f"({self.skipped_nan} skipped so far, logged as train/skipped_nan)", RuntimeWarning, stacklevel=2)
-
     def training_step(self, batch: dict, batch_idx: int):
         losses = self.compute_loss(batch)
         total = losses["total"]
@@ -127,16 +145,6 @@ class R2D2Module(pl.LightningModule):
                 self.log(f"train/{name}", losses[name].detach(), batch_size=batch_size)
         self.log("train/skipped_nan", float(self.skipped_nan), batch_size=batch_size)
         return total
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if not grads:
-            return
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all().item())
-        if not self._all_finite(finite):
-            for p in self.net.parameters():
-                p.grad = None
-            self._skip("non-finite gradients")
 
     def configure_optimizers(self):
         o, max_steps = self.config.optim, self.config.trainer.max_steps

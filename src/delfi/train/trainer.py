@@ -224,6 +224,16 @@ def _method_parts(config: Any, data: Any, command: Sequence[str] | None):
         module.use_validation_labels(data.val.labels if data.val is not None else None)
         return module, LandmarkDataModule(config, data), data.val is not None and config.val.enabled, data
     from delfi.train.data import PairDataModule, load_training_data
+    from delfi.train.multilevel_config import MultiLevelTrainConfig
+
+    if isinstance(config, MultiLevelTrainConfig):
+        from delfi.train.multilevel_data import load_multilevel_data
+        from delfi.train.multilevel_module import MultiLevelModule
+
+        data = data if data is not None else load_multilevel_data(config)
+        seed_everything(config.seed)
+        module = MultiLevelModule(config, {"data": data.provenance(config), "command": provenance_command})
+        return module, PairDataModule(config, data), data.val is not None and config.val.pairs > 0, data
     from delfi.train.module import R2D2Module
 
     data = data if data is not None else load_training_data(config)

@@ -1,4 +1,5 @@
-"""Pictures of DELF/DELG attention: one overlay per pyramid scale, then the selected keypoints.
+"""Pictures of attention: one overlay per pyramid scale (DELF / DELG) or per network level (multi-level
+attention), then the selected keypoints.
 
 Rendered with matplotlib's Agg canvas (never pyplot), laid out like `delfi.viz.matches`: sizes are
 pixels at 100 dpi, the whole figure at most about 1600 px wide, and ``dpi=200`` renders the same
@@ -82,14 +83,16 @@ def _as_map(value: Tensor | np.ndarray, index: int) -> np.ndarray:
     return arr
 
 
-def _as_levels(levels: Sequence[tuple[float, Tensor | np.ndarray]]) -> list[tuple[float, np.ndarray]]:
+def _as_levels(levels: Sequence[tuple[float | str, Tensor | np.ndarray]]) -> list[tuple[float | str, np.ndarray]]:
+    """(scale or label, map) pairs: a number is a pyramid scale, a string names the panel (e.g. a
+    network level, ``"layer3"``)."""
     out = []
     for i, level in enumerate(levels):
         try:
             scale, amap = level
-            scale = float(scale)
+            scale = scale if isinstance(scale, str) else float(scale)
         except (TypeError, ValueError):
-            raise ValueError(f"levels[{i}] must be a (scale, attention map) pair") from None
+            raise ValueError(f"levels[{i}] must be a (scale or label, attention map) pair") from None
         out.append((scale, _as_map(amap, i)))
     return out
 
@@ -125,11 +128,12 @@ def _format_value(value: float) -> str:
     return f"{value:.1f}" if 100 <= abs(value) < 1e6 else f"{value:.4g}"
 
 
-def _panel_title(scale: float, amap: np.ndarray) -> str:
-    """``"scale 0.707 (max 312.4)"``."""
+def _panel_title(scale: float | str, amap: np.ndarray) -> str:
+    """``"scale 0.707 (max 312.4)"``, or ``"layer3 (max 2.1)"`` for a labelled panel."""
     finite = amap[np.isfinite(amap)]
     peak = float(finite.max()) if finite.size else float("nan")
-    return f"scale {scale:.3g} (max {_format_value(peak)})"
+    name = scale if isinstance(scale, str) else f"scale {scale:.3g}"
+    return f"{name} (max {_format_value(peak)})"
 
 
 def _keypoints_title(total: int, drawn: int) -> str:

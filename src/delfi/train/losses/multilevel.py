@@ -78,9 +78,11 @@ _EPS = 1e-12
 # ---------------------------------------------------------------- correspondences
 
 
-def _cell_centres(n: int, stride: int, device: torch.device) -> Tensor:
-    """Pixel coordinate (n,) float32 of the centres of n cells of a stride-``stride`` map."""
-    return torch.arange(n, device=device, dtype=torch.float32) * stride + (stride - 1) / 2
+def _cell_centres(n: int, stride: int, device: torch.device, offset: float | None = None) -> Tensor:
+    """Pixel coordinate (n,) float32 of the centres of n cells of a stride-``stride`` map whose
+    cell 0 is centred at ``offset`` (default ``(stride - 1) / 2``, D2-Net's)."""
+    offset = (stride - 1) / 2 if offset is None else float(offset)
+    return torch.arange(n, device=device, dtype=torch.float32) * stride + offset
 
 
 def _interpolation_taps(centres: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -102,6 +104,7 @@ def cell_correspondences(
     map_size: tuple[int, int],
     *,
     map_size2: tuple[int, int] | None = None,
+    offset: float | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """Cell-to-cell correspondences of two stride-``stride`` feature maps, per batch item.
 
@@ -112,6 +115,8 @@ def cell_correspondences(
         stride: pixels per cell.
         map_size: (h, w) of map 1 (and of map 2 unless ``map_size2`` is given).
         map_size2: (h2, w2) of map 2 when it differs.
+        offset: the pixel centre of cell 0 (both maps): ``(stride - 1) / 2`` by default (D2-Net's
+            cells); a network's receptive-field centre otherwise (ResNet layer2: 0).
 
     Returns:
         B tuples ``(idx1, idx2)``: (N,) long flat indices ``i * w + j`` into map 1 and
@@ -127,8 +132,8 @@ def cell_correspondences(
     h, w = map_size
     h2, w2 = map_size2 if map_size2 is not None else map_size
     device = flow.device
-    y0, y1, fy, in_y = _interpolation_taps(_cell_centres(h, stride, device), H)
-    x0, x1, fx, in_x = _interpolation_taps(_cell_centres(w, stride, device), W)
+    y0, y1, fy, in_y = _interpolation_taps(_cell_centres(h, stride, device, offset), H)
+    x0, x1, fx, in_x = _interpolation_taps(_cell_centres(w, stride, device, offset), W)
     Y0, Y1, X0, X1 = y0[:, None], y1[:, None], x0[None, :], x1[None, :]
     flow = flow.float()
     corners = [flow[:, :, Y, X] for Y, X in ((Y0, X0), (Y0, X1), (Y1, X0), (Y1, X1))]  # (B, 2, h, w)
@@ -144,7 +149,8 @@ def cell_correspondences(
     sampled = (
         (1 - wy) * ((1 - wx) * safe[0] + wx * safe[1]) + wy * ((1 - wx) * safe[2] + wx * safe[3])
     )  # (B, 2, h, w)
-    cells = torch.floor((sampled - (stride - 1) / 2) / stride + 0.5)
+    origin = (stride - 1) / 2 if offset is None else float(offset)
+    cells = torch.floor((sampled - origin) / stride + 0.5)
     j2, i2 = cells[:, 0], cells[:, 1]
     valid = valid & (j2 >= 0) & (j2 < w2) & (i2 >= 0) & (i2 < h2)
     flat1 = torch.arange(h * w, device=device)
@@ -416,6 +422,7 @@ class MultiLevelLoss(nn.Module):
         flow: Tensor,
         mask: Tensor | None,
         stride: int,
+        offset: float | None = None,
     ) -> dict[str, Tensor]:
         """Loss of a batch of pairs.
 
@@ -424,7 +431,8 @@ class MultiLevelLoss(nn.Module):
                 (B, D, h, w), ``attention`` (B, 1, h, w) (stage 2), ``features`` and
                 ``reconstruction`` (B, C_l, h, w) (stage 1).
             flow: (B, 2, H, W) image 1 -> image 2 pixel positions; mask: (B, H, W) bool or None.
-            stride: pixels per cell of the maps.
+            stride: pixels per cell of the maps; offset: the pixel centre of cell 0
+                (`cell_correspondences`).
 
         Returns float32 scalars: ``total``; ``reconstruction`` and ``triplet`` (encoder),
         ``distinctiveness`` and ``peaky`` (distinctiveness+), ``triplet`` and ``peaky``
@@ -443,7 +451,7 @@ class MultiLevelLoss(nn.Module):
                 f"multilevel loss: attention needs one map per level ({len(enc1)}), got {len(att1)} and {len(att2)}"
             )
         pairs = cell_correspondences(
-            flow, mask, stride, _grid_size(enc1, "encoded"), map_size2=_grid_size(enc2, "encoded")
+            flow, mask, stride, _grid_size(enc1, "encoded"), map_size2=_grid_size(enc2, "encoded"), offset=offset
         )
         used = [b for b, (idx1, _) in enumerate(pairs) if idx1.numel() >= c.min_correspondences]
 
