@@ -110,6 +110,23 @@ def test_odd_stride_uses_only_the_centre_pixel():
     assert idx2.tolist() == [0, 1, 2]
 
 
+def test_receptive_field_offset_places_cells_on_integer_pixels():
+    # a network whose cell 0 is centred on pixel 0 (ResNet layer2: 8 i): an 8 px shift is one cell,
+    # a 3 px shift rounds back to the same cell and a 5 px shift to the next
+    flow = identity_flow(1, 32, 32)
+    flow[0, 0] += 8.0
+    ((idx1, idx2),) = cell_correspondences(flow, None, 8, (4, 4), offset=0.0)
+    assert idx1.tolist() == [k for k in range(16) if k % 4 != 3] and idx2.tolist() == [k + 1 for k in idx1.tolist()]
+    for shift, step in ((3.0, 0), (5.0, 1)):
+        flow = identity_flow(1, 32, 32)
+        flow[0, 1] += shift
+        ((idx1, idx2),) = cell_correspondences(flow, None, 8, (4, 4), offset=0.0)
+        assert idx2.tolist() == [k + 4 * step for k in idx1.tolist()]
+    # pixel 24 (cell 3's centre with offset 0) is inside a 25-px image; with D2-Net's 3.5 it would not be
+    ((idx1, _),) = cell_correspondences(identity_flow(1, 25, 25), None, 8, (4, 4), offset=0.0)
+    assert len(idx1) == 16
+
+
 def test_cell_centres_outside_the_image_are_invalid():
     # a 3 x 3 map of stride 8 on a 20 x 20 image: the last row and column have centres at 19.5
     ((idx1, _),) = cell_correspondences(identity_flow(1, 20, 20), None, 8, (3, 3))
