@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The fast tests run in two pytest-xdist workers of one thread each (they are mostly Python-bound);
+# the slow ones (training, real-data numbers, whose values depend on the thread count) run after, in
+# one process with torch's default threads, as they were measured.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m slow
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/delfi demo

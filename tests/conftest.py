@@ -41,3 +41,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers on two cores) each worker, and every
+    process it starts, uses one thread: concurrent processes with a thread per core each stall
+    one another's OpenMP barriers (passes 10-100x slower)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)

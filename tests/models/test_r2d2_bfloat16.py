@@ -19,8 +19,12 @@ def wormhole_mma(shared_data, precision: str) -> dict[int, float]:
     return {t: result.mma(t) for t in (1, 3, 5)}
 
 
+FLOAT32_MMA3 = 0.7921
+"""delfi's float32 MMA@3 on v_wormhole (official r2d2_WASF_N16 weights), measured (the official
+extractor's own files give 0.803: see the parity notes). The float32 path itself is held to the
+official outputs by tests/models/test_r2d2_parity.py, so it is not extracted again here (72 s)."""
+
+
 def test_bfloat16_mma_within_0005_of_float32(shared_data):
-    full = wormhole_mma(shared_data, "float32")
     half = wormhole_mma(shared_data, "bfloat16")
-    assert full[3] == pytest.approx(0.7921, abs=0.002)  # measured; the official files give 0.803 (see notes)
-    assert abs(half[3] - full[3]) <= 0.005, (full, half)
+    assert abs(half[3] - FLOAT32_MMA3) <= 0.005, half

@@ -94,7 +94,8 @@ def test_presets_resolve_and_say_what_they_reproduce():
     names = train_preset_names()
     assert {"r2d2", "r2d2-dice", "r2d2-jaccard", "r2d2-czekanowski", "r2d2-squared-chord", "r2d2-hardnet"} <= set(names)
     for name in names:  # the preset's method picks its schema (R2D2 or the landmark methods')
-        assert resolve_train_config(name).method in ("r2d2", "delf-finetune", "delf-keypoint", "delg", "vpr")
+        assert resolve_train_config(name).method in ("r2d2", "delf-finetune", "delf-keypoint", "delg", "vpr", "multilevel-encoder",
+                                                     "multilevel")
         assert len(preset_about(name)) > 40
     official = resolve_train_config("r2d2")
     assert (official.optim.lr, official.optim.weight_decay, official.data.batch_size, official.data.crop_size) == (1e-4, 5e-4, 8, 192)
