@@ -119,11 +119,11 @@ def test_two_stages_learn(tmp_path):
     from delfi.train.trainer import prepare_run_folder, train
 
     train_photos, val_photos = photo_folders(tmp_path)
-    encoder_cfg = config("multilevel-encoder", train_photos, val_photos, 200, **{"loss.reconstruction_weight": 0.01})
+    encoder_cfg = config("multilevel-encoder", train_photos, val_photos, 120, **{"loss.reconstruction_weight": 0.01})
     stage1 = train(encoder_cfg, prepare_run_folder(tmp_path / "enc"), progress=False)
-    attention_cfg = config("multilevel", train_photos, val_photos, 60, **{"net.init_from": str(stage1.last)})
+    attention_cfg = config("multilevel", train_photos, val_photos, 40, **{"net.init_from": str(stage1.last)})
     stage2 = train(attention_cfg, prepare_run_folder(tmp_path / "att"), progress=False)
-    assert (stage1.steps, stage2.steps) == (200, 60)
+    assert (stage1.steps, stage2.steps) == (120, 40)
 
     items = held_out_pairs(encoder_cfg)
     torch.manual_seed(0)
@@ -133,12 +133,12 @@ def test_two_stages_learn(tmp_path):
     before, after = held_out_scores(initial, items, **stage1_loss), held_out_scores(encoders, items, **stage1_loss)
     stage2_loss = {"kind": "distinctiveness+", "min_correspondences": 64}
     d_before, d_after = held_out_scores(encoders, items, **stage2_loss), held_out_scores(attention, items, **stage2_loss)
-    # stage 1 (measured: triplet 2.930 -> 1.608, reconstruction 91.2 -> 9.17, layer2 nearest 0.639 -> 0.684)
+    # stage 1 (measured: triplet 2.930 -> 1.674, reconstruction 91.2 -> 20.9, layer2 nearest 0.639 -> 0.667)
     assert before["triplet"] == pytest.approx(3.0, abs=0.1)  # random encoders: about one margin per level
-    assert after["triplet"] < 0.6 * before["triplet"], (before, after)
-    assert after["reconstruction"] < 0.2 * before["reconstruction"], (before, after)
-    assert after["nearest"][0] >= before["nearest"][0] + 0.03, (before, after)
+    assert after["triplet"] < 0.65 * before["triplet"], (before, after)
+    assert after["reconstruction"] < 0.3 * before["reconstruction"], (before, after)
+    assert after["nearest"][0] >= before["nearest"][0] + 0.02, (before, after)
     assert all(a >= b - 0.01 for a, b in zip(after["nearest"], before["nearest"])), (before, after)
-    # stage 2 (measured: distinctiveness 1.667 -> 0.372); the encoders stay as stage 1 left them
-    assert d_after["distinctiveness"] < 0.3 * d_before["distinctiveness"], (d_before, d_after)
+    # stage 2 (measured: distinctiveness 1.610 -> 0.509); the encoders stay as stage 1 left them
+    assert d_after["distinctiveness"] < 0.4 * d_before["distinctiveness"], (d_before, d_after)
     assert d_after["nearest"] == d_before["nearest"]
