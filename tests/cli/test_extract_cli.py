@@ -88,7 +88,8 @@ def test_text_list_input_and_python_api(tmp_path, checkpoint):
     assert torch.allclose(stored.descriptors, direct.descriptors)
 
 
-def test_killed_run_loses_nothing(tmp_path, checkpoint):  # ~50 s, one thread per process: runs with the fast tests
+@pytest.mark.slow
+def test_killed_run_loses_nothing(tmp_path, checkpoint):
     """SIGKILL `delfi extract` mid-run, run it again: every entry complete and equal to a clean run."""
     images = tmp_path / "photos"
     make_images(images, 12, size=(256, 192))

@@ -23,7 +23,8 @@ def run_recipe(out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_the_recipe_trains_both_stages_and_gives_the_same_file_twice(tmp_path):  # ~30 s; both runs alike: any thread count
+@pytest.mark.slow
+def test_the_recipe_trains_both_stages_and_gives_the_same_file_twice(tmp_path):
     from delfi.models.checkpoints import load_checkpoint
     from delfi.models.weights import DEFAULT_WEIGHTS, resolve_weights
 
