@@ -35,14 +35,13 @@ training module's choice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from delfi.extract.receptive import ReceptiveField, receptive_field
+from delfi.models.architecture import ResNetArchitecture
 from delfi.models.heads import AttentionHead, Autoencoder
 from delfi.models.resnet import ResNet
 
@@ -80,7 +79,7 @@ def _offset(rf: ReceptiveField) -> float:
     return -rf.padding + (rf.size - 1) / 2
 
 
-class MultiLevelNet(nn.Module):
+class MultiLevelNet(ResNetArchitecture, nn.Module):
     """Frozen ResNet + per-level encoder / decoder + per-level attention.
 
     Args:
@@ -110,32 +109,6 @@ class MultiLevelNet(nn.Module):
         self.encoders = nn.ModuleList(Autoencoder(CHANNELS[name], self.code_dim) for name in LEVELS)
         self.attentions = nn.ModuleList(AttentionHead(self.code_dim, attention_hidden, batch_norm=True) for _ in LEVELS)
         self._fields = {name: receptive_field(self.backbone, name) for name in LEVELS}
-
-    # --- the family contract (as `delfi.models.networks.DELFNet`) ---------------------------------
-
-    @classmethod
-    def from_config(cls, config: Any, **kwargs: Any) -> "MultiLevelNet":
-        from delfi.models.networks import _setting
-
-        return cls(**{key: _setting(config, key) for key in cls.config_keys}, **kwargs)
-
-    def architecture(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.config_keys}
-
-    @classmethod
-    def architecture_of(cls, config: Any) -> dict[str, Any]:
-        from delfi.models.networks import _setting, _stride_in
-
-        out = {key: _setting(config, key) for key in cls.config_keys}
-        out["stride_in"] = _stride_in(out["stride_in"])
-        return out
-
-    @classmethod
-    def matches_config(cls, network: nn.Module, config: Any) -> bool:
-        from delfi.models.networks import same_setting
-
-        own, wanted = network.architecture(), cls.architecture_of(config)
-        return all(same_setting(cls.family, k, own.get(k), v) for k, v in wanted.items())
 
     def train(self, mode: bool = True) -> "MultiLevelNet":
         """Heads follow ``mode``; the frozen backbone stays in eval mode."""
@@ -187,8 +160,3 @@ class MultiLevelNet(nn.Module):
         if reconstruct:
             out["reconstruction"] = tuple(enc.decode(enc.encode(x)) for enc, x in zip(self.encoders, features))
         return out
-
-
-def network_settings(config: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """The architecture keys of a config (dataclass or dict)."""
-    return MultiLevelNet.architecture_of(config)

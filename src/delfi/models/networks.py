@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from delfi.extract.receptive import TF_SUBSAMPLE_POOL, ReceptiveField, receptive_field
+from delfi.models.architecture import ResNetArchitecture
 from delfi.models.heads import AttentionHead, Autoencoder, GeM, Whitening, attention_pool
 from delfi.models.l2net import R2D2Net
 from delfi.models.multilevel_net import MultiLevelNet
@@ -72,7 +73,7 @@ def _setting(config: Any, key: str, default: Any = _MISSING) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-class DELFNet(nn.Module):
+class DELFNet(ResNetArchitecture, nn.Module):
     """DELF: ResNet to ``layer3`` + attention head (module names as the DELF extractor's checkpoints).
 
     Args:
@@ -97,31 +98,6 @@ class DELFNet(nn.Module):
 
     def _build_heads(self) -> None:
         self.attention = AttentionHead(1024, 512, batch_norm=self.attention_batch_norm)
-
-    @classmethod
-    def from_config(cls, config: Any, **kwargs: Any) -> "DELFNet":
-        """The network of an extractor config (dataclass or dict with at least `config_keys`)."""
-        return cls(**{key: _setting(config, key) for key in cls.config_keys}, **kwargs)
-
-    def architecture(self) -> dict[str, Any]:
-        """The settings that rebuild this network (`config_keys`)."""
-        return {key: self._architecture_value(key) for key in self.config_keys}
-
-    def _architecture_value(self, key: str) -> Any:
-        return getattr(self, key)
-
-    @classmethod
-    def architecture_of(cls, config: Any) -> dict[str, Any]:
-        """The `architecture()` a network built from ``config`` would have (nothing built)."""
-        out = {key: _setting(config, key) for key in cls.config_keys}
-        out["stride_in"] = _stride_in(out["stride_in"])
-        return out
-
-    @classmethod
-    def matches_config(cls, network: nn.Module, config: Any) -> bool:
-        """Whether ``network`` is the one ``config`` describes."""
-        own, wanted = network.architecture(), cls.architecture_of(config)
-        return all(same_setting(cls.family, k, own.get(k), v) for k, v in wanted.items())
 
     def local_receptive_field(self) -> ReceptiveField:
         """Receptive field of a ``layer3`` cell (with the extra pool when set)."""

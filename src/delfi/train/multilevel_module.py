@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 
 from delfi.models.multilevel_net import MultiLevelNet
-from delfi.train.module import LearningRateSchedule, SkipNonFinite, checkpoint_metadata, step_seed
+from delfi.train.module import LearningRateSchedule, SkipNonFinite, checkpoint_metadata
 from delfi.train.multilevel_config import MultiLevelTrainConfig
 from delfi.train.validation import IMAGENET_MEAN, IMAGENET_STD, THRESHOLDS, summarise, threshold_name
 
@@ -105,9 +105,6 @@ class MultiLevelModule(SkipNonFinite, pl.LightningModule):
         schedule = LearningRateSchedule(o.scheduler.value, o.warmup_steps, max_steps, o.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
-
-    def loss_generator(self) -> torch.Generator:  # the losses draw nothing today; kept for parity with R2D2
-        return torch.Generator().manual_seed(step_seed(self.config.seed, self.global_step, self.global_rank))
 
     # --- validation -------------------------------------------------------------------------------
 
