@@ -35,7 +35,6 @@ training module's choice.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
