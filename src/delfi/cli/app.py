@@ -8,6 +8,7 @@ from delfi import __version__
 from delfi.cli import demo as demo_cli
 from delfi.cli import eval as eval_cli
 from delfi.cli import extract as extract_cli
+from delfi.cli import interop as interop_cli
 from delfi.cli import match as match_cli
 from delfi.cli import pairs as pairs_cli
 from delfi.cli import pca as pca_cli
@@ -42,6 +43,8 @@ app.command("search")(retrieve_cli.search_command)
 app.command("rerank")(retrieve_cli.rerank_command)
 app.command("report")(report_cli.report)
 app.add_typer(train_cli.app, name="train")
+app.add_typer(interop_cli.export_app, name="export")
+app.add_typer(interop_cli.import_app, name="import")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,10 @@
+"""``delfi export`` / ``delfi import``: delfi's stores to and from other tools' files (COLMAP, hloc)."""
+
+from __future__ import annotations
+
+import typer
+
+export_app = typer.Typer(help="Write delfi's feature and match stores in other tools' formats (COLMAP, hloc).",
+                         no_args_is_help=True)
+import_app = typer.Typer(help="Read other tools' feature and match files into delfi stores (hloc).",
+                         no_args_is_help=True)
