@@ -18,7 +18,11 @@ from torch import Tensor
 COORDINATE_CONVENTION = "xy-pixel-centre-origin"
 """Name of delfi's convention, written into every file delfi saves."""
 
-GEOMETRY_KINDS = ("homography", "fundamental", "affine")
+GEOMETRY_KINDS = ("homography", "fundamental", "affine", "essential")
+"""Kinds of a verified model. Homography / affine: ``x1 ~ M x0`` in pixels; fundamental: ``x1^T F x0 = 0``
+in pixels; essential: ``y1^T E y0 = 0`` for the normalised points ``y = K^-1 (x, y, 1)`` (each image's
+intrinsics K in delfi's pixel convention), with the relative pose ``X1 = R X0 + t`` (camera 0 to camera 1,
+``|t| = 1``) in ``Matches.meta["rotation"]`` / ``["translation"]``."""
 
 
 def rescale_keypoints(keypoints: Tensor | np.ndarray, scale: Any) -> Tensor | np.ndarray:
