@@ -13,6 +13,7 @@ pytest.importorskip("cv2")
 
 from delfi.match import (  # noqa: E402
     BACKENDS,
+    CALIBRATED,
     GEOMETRIES,
     MIN_INLIERS,
     MIN_SAMPLES,
@@ -24,6 +25,8 @@ from delfi.match import (  # noqa: E402
     verify,
 )
 from delfi.types import Features, Matches  # noqa: E402
+
+UNCALIBRATED = tuple(g for g in GEOMETRIES if g not in CALIBRATED)  # essential: tests/match/test_essential.py
 
 W, H = 640, 480
 H_TRUE = np.array([[0.9, 0.08, 30.0], [-0.05, 1.05, -12.0], [2e-4, -1e-4, 1.0]])
@@ -100,7 +103,7 @@ def _precision_recall(found: np.ndarray, truth: np.ndarray) -> tuple[float, floa
 
 
 def _backend_geometries():
-    return [("opencv", g) for g in GEOMETRIES] + [(b, g) for b in OPTIONAL for g in GEOMETRIES[:2]]
+    return [("opencv", g) for g in UNCALIBRATED] + [(b, g) for b in OPTIONAL for g in UNCALIBRATED[:2]]
 
 
 # ------------------------------------------------------------------------------------- accuracy
@@ -158,7 +161,7 @@ def test_seed_reaches_the_sampler():
 
 
 # ----------------------------------------------------------------------------------- edge cases
-@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("geometry", UNCALIBRATED)
 def test_too_few_matches(geometry):
     k = MIN_SAMPLES[geometry] - 1
     p0, p1, _, _ = make_data(geometry, k=k, outliers=0.0)
@@ -264,7 +267,7 @@ def test_missing_backend_names_the_extra(backend, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", OPTIONAL)
-@pytest.mark.parametrize("geometry", GEOMETRIES[:2])
+@pytest.mark.parametrize("geometry", UNCALIBRATED[:2])
 def test_optional_backends_agree_with_opencv_on_clean_data(backend, geometry):
     p0, p1, _, truth = make_data(geometry, k=400, outliers=0.3, noise=0.2, seed=6, margin=30.0)
     ref = estimate_geometry(p0, p1, geometry)[1]
@@ -273,7 +276,7 @@ def test_optional_backends_agree_with_opencv_on_clean_data(backend, geometry):
     assert np.array_equal(got, ref)
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("geometry", UNCALIBRATED)
 def test_legacy_opencv_ransac_fallback(geometry, monkeypatch):
     """Without `cv2.UsacParams` (OpenCV < 4.5) the classic RANSAC runs, seeded via cv2.setRNGSeed."""
     import cv2
@@ -291,7 +294,7 @@ def test_legacy_opencv_ransac_fallback(geometry, monkeypatch):
         assert torch.equal(again.inliers, first.inliers) and torch.equal(again.model, first.model)
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("geometry", UNCALIBRATED)
 def test_installed_opencv_runs_magsac(geometry):
     import cv2
 
@@ -327,7 +330,7 @@ def test_a_handful_of_inliers_is_not_ok(good, total):
     assert m.meta["status"] == "too few inliers"
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("geometry", UNCALIBRATED)
 def test_clean_model_with_100_inliers_is_ok(geometry):
     p0, p1, _, truth = make_data(geometry, k=170, outliers=70 / 170, seed=11)
     assert 90 <= truth.sum() <= 110
@@ -335,7 +338,7 @@ def test_clean_model_with_100_inliers_is_ok(geometry):
     assert m.meta["status"] == "ok" and m.num_inliers >= 0.95 * truth.sum()
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("geometry", UNCALIBRATED)
 @pytest.mark.parametrize("k", [60, 1000])
 def test_random_matches_are_never_ok(geometry, k):
     """Unrelated images: uniform random matches. F's chance inliers grow with the matches."""

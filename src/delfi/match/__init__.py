@@ -4,6 +4,7 @@ geometric verification (robust homography / fundamental / affine fitting)."""
 from delfi.match.nn import mutual_nn, nearest_neighbours, similarity_to_distance
 from delfi.match.verify import (
     BACKENDS,
+    CALIBRATED,
     GEOMETRIES,
     MIN_INLIERS,
     MIN_SAMPLES,
@@ -20,6 +21,7 @@ __all__ = [
     "nearest_neighbours",
     "similarity_to_distance",
     "BACKENDS",
+    "CALIBRATED",
     "GEOMETRIES",
     "MIN_INLIERS",
     "MIN_SAMPLES",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -21,7 +21,7 @@ class MatchingConfig:
     mutual: bool = True
     ratio: Optional[float] = None  # Lowe ratio test on descriptor distances
     max_distance: Optional[float] = None  # keep matches with L2 distance <= this
-    geometry: Optional[str] = "homography"  # homography | fundamental | affine | None (no verification)
+    geometry: Optional[str] = "homography"  # homography | fundamental | affine | essential | None (no verification)
     threshold: float = 3.0  # RANSAC residual threshold, pixels
     confidence: float = 0.9999
     max_iters: int = 10000
@@ -55,10 +55,14 @@ def check_features(features0: Features, features1: Features) -> None:
         raise ValueError(f"descriptor dimensions differ: {d0} vs {d1} (features of different extractors?)")
 
 
-def match_features(features0: Features, features1: Features, config: MatchingConfig | None = None) -> Matches:
+def match_features(features0: Features, features1: Features, config: MatchingConfig | None = None,
+                   intrinsics: tuple[Any, Any] | None = None) -> Matches:  # fmt: skip
     """Putative matches by nearest neighbours, then (optionally) geometric verification.
 
     Empty feature sets give 0 matches (and, with a geometry, ``status = "not enough matches"``).
+    ``intrinsics``: ``(K0, K1)`` (`delfi.io.cameras.Camera` or (3, 3) delfi-convention matrices) for
+    the essential geometry; None there means COLMAP's default guess from each image's size
+    (`delfi.io.cameras.default_camera`: focal 1.2 max(w, h), centred).
 
     Returns:
         `Matches` with indices (K, 2) into the two keypoint sets; with a geometry, also inliers
@@ -79,10 +83,23 @@ def match_features(features0: Features, features1: Features, config: MatchingCon
     )
     if config.geometry is None:
         return matches
+    if config.geometry == "essential" and intrinsics is None:
+        intrinsics = (default_intrinsics(features0), default_intrinsics(features1))
     return verify(
         features0, features1, matches, config.geometry, threshold=config.threshold, confidence=config.confidence,
         max_iters=config.max_iters, seed=config.seed, backend=config.backend, min_inliers=config.min_inliers,
+        intrinsics=intrinsics if config.geometry == "essential" else None,
     )  # fmt: skip
+
+
+def default_intrinsics(features: Features):
+    """COLMAP's default camera of an image from its recorded size (ValueError without one)."""
+    from delfi.io.cameras import default_camera
+
+    width, height = features.image_size
+    if min(width, height) <= 0:
+        raise ValueError("the essential geometry needs intrinsics, and these features record no image size")
+    return default_camera(width, height)
 
 
 def check_config(config: MatchingConfig) -> None:
@@ -172,6 +189,7 @@ def match_pairs(
     features_db: str | os.PathLike | None = None,
     overwrite: bool = False,
     on_pair: Callable[[tuple[str, str], str], None] | None = None,
+    camera_of: Callable[[str, Features], Any] | None = None,
 ) -> MatchReport:
     """Match every pair of ``pairs`` (names in the feature store(s)) into the match store ``out``.
 
@@ -181,6 +199,9 @@ def match_pairs(
     between the two sides): ``report.failures`` names the pair and the reason (store and entry).
     ``features_db`` holds the second image of each pair when it differs from ``features``.
     ``on_pair`` is called after every pair with "done", "skipped" or "failed".
+    ``camera_of(name, features)`` gives an image's intrinsics for the essential geometry (a
+    `delfi.io.cameras.Camera`; KeyError / ValueError fail the pair); None: COLMAP's default guess
+    from the image size (`default_intrinsics`).
 
     Raises:
         ValueError / MissingBackendError: bad options (before anything is written);
@@ -205,7 +226,7 @@ def match_pairs(
         side1 = _Side(second, 1, side0 if second is first else None)
         with MatchStore(out, "w" if overwrite else "a", attrs=attrs) as store:
             for name0, name1 in pairs:
-                status = _match_one(side0, side1, store, name0, name1, config, report)
+                status = _match_one(side0, side1, store, name0, name1, config, report, camera_of)
                 if on_pair is not None:
                     on_pair((name0, name1), status)
     finally:
@@ -217,7 +238,7 @@ def match_pairs(
 
 
 def _match_one(side0: _Side, side1: _Side, store, name0: str, name1: str, config: MatchingConfig,
-               report: MatchReport) -> str:  # fmt: skip
+               report: MatchReport, camera_of=None) -> str:  # fmt: skip
     if (name0, name1) in store:
         report.skipped += 1
         return "skipped"
@@ -228,9 +249,13 @@ def _match_one(side0: _Side, side1: _Side, store, name0: str, name1: str, config
         report.failures.append((name0, name1, side1.missing))
         return "failed"
     try:
-        matches = match_features(side0.get(name0), side1.get(name1), config)
-    except ValueError as exc:
-        report.failures.append((name0, name1, str(exc)))
+        features0, features1 = side0.get(name0), side1.get(name1)
+        intrinsics = None
+        if config.geometry == "essential" and camera_of is not None:
+            intrinsics = (camera_of(name0, features0), camera_of(name1, features1))
+        matches = match_features(features0, features1, config, intrinsics)
+    except (KeyError, ValueError) as exc:
+        report.failures.append((name0, name1, _reason(exc)))
         return "failed"
     store.put(name0, name1, matches)
     report.matched += 1

@@ -1,4 +1,4 @@
-"""Geometric verification of putative matches: robust homography / fundamental / affine fitting.
+"""Geometric verification of putative matches: robust homography / fundamental / affine / essential fitting.
 
 Backends (all behind `estimate_geometry`; every one is imported lazily, inside the call):
 
@@ -8,15 +8,19 @@ Backends (all behind `estimate_geometry`; every one is imported lazily, inside t
   ``cv2.UsacParams`` because only that form takes a seed. Homography: ``cv2.findHomography``;
   fundamental: ``cv2.findFundamentalMat`` (7-point minimal solver); affine:
   ``cv2.estimateAffine2D`` with the same ``UsacParams`` when this OpenCV accepts them (probed once;
-  OpenCV 5.0.0, installed here, does), else the classic ``cv2.RANSAC``. OpenCV builds without
+  OpenCV 5.0.0, installed here, does), else the classic ``cv2.RANSAC``; essential:
+  ``cv2.findEssentialMat`` (5-point solver) on undistorted normalised points with identity intrinsics,
+  then ``cv2.recoverPose`` (the cheirality test picks R, t among the four decompositions; when the
+  solver returns several E, the one whose pose has the most points in front of both cameras wins). OpenCV builds without
   ``UsacParams`` (< 4.5) run the classic RANSAC for all three; ``meta["method"]`` says which ran.
   Inliers: forward transfer error (H, A) or Sampson distance (F) below ``threshold``.
 * ``"pydegensac"`` (``pip install delfi[ransac]``): DEGENSAC, homography and fundamental only.
   Homography inliers use the symmetric (max of forward / backward) transfer error, fundamental ones
   the Sampson distance; DEGENSAC's degeneracy check for F is on; no option is ignored.
 * ``"poselib"`` (``pip install delfi[ransac]``): LO-RANSAC with final Cauchy-loss bundle refinement,
-  homography and fundamental only. ``threshold`` maps to ``max_reproj_error`` (H) or
-  ``max_epipolar_error`` (F, Sampson), ``confidence`` to ``success_prob``, ``max_iters`` to
+  homography, fundamental and essential (``estimate_relative_pose`` with both cameras, distortion
+  included). ``threshold`` maps to ``max_reproj_error`` (H) or ``max_epipolar_error`` (F, E: Sampson
+  distance in pixels), ``confidence`` to ``success_prob``, ``max_iters`` to
   ``max_iterations`` (``min_iterations = min(1000, max_iters)``), ``seed`` to ``seed``.
 
 Determinism: every backend is seeded explicitly, so the same input and seed give bit-identical
@@ -26,8 +30,12 @@ which draws from ``cv2.theRNG()``); ``isParallel`` stays False, so no thread sch
 result. pydegensac and poselib take the seed as an argument.
 
 Model conventions (``x1 ~ M x0`` for H and A, ``x1^T F x0 = 0`` for F, delfi pixel coordinates):
-homographies are scaled so ``H[2, 2] == 1``; fundamental matrices to unit Frobenius norm; affine
-maps are returned as ``[[a, b, c], [d, e, f], [0, 0, 1]]``.
+homographies are scaled so ``H[2, 2] == 1``; fundamental and essential matrices to unit Frobenius
+norm; affine maps are returned as ``[[a, b, c], [d, e, f], [0, 0, 1]]``. Essential matrices relate
+normalised points, ``y1^T E y0 = 0`` with ``y = K^-1 (x, y, 1)`` after undistortion, and come with the
+relative pose ``X1 = R X0 + t`` (``|t| = 1``, the scale is unknown). Their ``threshold`` is in pixels:
+OpenCV gets it divided by the mean focal length of the two cameras (the normalised-coordinate
+equivalent, as SuperGlue's and LoFTR's evaluations do), poselib takes it in pixels.
 """
 
 from __future__ import annotations
@@ -42,18 +50,21 @@ from torch import Tensor
 
 from delfi.types import Features, Matches
 
-__all__ = ["BACKENDS", "GEOMETRIES", "MIN_SAMPLES", "MIN_INLIERS", "STATUSES", "MissingBackendError",
+__all__ = ["BACKENDS", "CALIBRATED", "GEOMETRIES", "Intrinsics", "MIN_SAMPLES", "MIN_INLIERS", "STATUSES", "MissingBackendError",
            "chance_inliers", "estimate_geometry", "verification_status", "verify"]
 
-GEOMETRIES = ("homography", "fundamental", "affine")
+GEOMETRIES = ("homography", "fundamental", "affine", "essential")
 BACKENDS = ("opencv", "pydegensac", "poselib")
-MIN_SAMPLES = {"homography": 4, "fundamental": 8, "affine": 3}
+MIN_SAMPLES = {"homography": 4, "fundamental": 8, "affine": 3, "essential": 5}
 """Fewest matches an estimate is attempted on (F: the 7-point solver is minimal, 8 are required)."""
+CALIBRATED = ("essential",)
+"""Geometries that need both images' intrinsics (`verify`'s ``intrinsics``)."""
 MIN_INLIERS = 15
 """Default fewest inliers for a verified model to count ("ok"); see `verification_status`."""
 STATUSES = ("ok", "too few inliers", "not enough matches", "estimation failed")
 """Every status `verify` reports; only "ok" is a success."""
-BACKEND_GEOMETRIES = {"opencv": GEOMETRIES, "pydegensac": GEOMETRIES[:2], "poselib": GEOMETRIES[:2]}
+BACKEND_GEOMETRIES = {"opencv": GEOMETRIES, "pydegensac": ("homography", "fundamental"),
+                      "poselib": ("homography", "fundamental", "essential")}
 _EXTRAS = {"opencv": ("cv2", "cv"), "pydegensac": ("pydegensac", "ransac"), "poselib": ("poselib", "ransac")}
 
 
@@ -189,7 +200,7 @@ def _normalise(model: Any, geometry: str) -> np.ndarray | None:
         if abs(m[2, 2]) < 1e-12 * max(np.abs(m).max(), 1e-300):
             return None
         m = m / m[2, 2]
-    elif geometry == "fundamental":
+    elif geometry in ("fundamental", "essential"):
         norm = np.linalg.norm(m)
         if norm == 0:
             return None
@@ -197,9 +208,33 @@ def _normalise(model: Any, geometry: str) -> np.ndarray | None:
     return m
 
 
-def _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend):
-    """`estimate_geometry` plus a status string and the method name."""
+Intrinsics = Any
+"""An image's intrinsics for the calibrated geometries: a `delfi.io.cameras.Camera`, or a (3, 3)
+pinhole matrix in delfi's pixel convention."""
+
+
+def _cameras(intrinsics, geometry: str):
+    """The two `Camera`s of a calibrated geometry (ValueError when they are missing or bad)."""
+    from delfi.match.essential import as_camera
+
+    if intrinsics is None or len(intrinsics) != 2:
+        raise ValueError(f"geometry {geometry!r} needs the intrinsics of both images (intrinsics=(K0, K1))")
+    return tuple(as_camera(k) for k in intrinsics)
+
+
+def _run_essential(q0, q1, cameras, backend, thr, conf, iters, seed):
+    from delfi.match.essential import opencv_essential, poselib_essential
+
+    module = _import_backend(backend)
+    fn = opencv_essential if backend == "opencv" else poselib_essential
+    E, mask, method, R, t = fn(module, q0, q1, cameras[0], cameras[1], thr, conf, iters, seed)
+    return E, mask, method, None if E is None else (R, t)
+
+
+def _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend, intrinsics=None):
+    """`estimate_geometry` plus a status string, the method name and the pose (R, t) of an essential matrix."""
     _check_options(geometry, backend, threshold, confidence, max_iters, seed)
+    cameras = _cameras(intrinsics, geometry) if geometry in CALIBRATED else None
     seed = int(seed)
     p0, p1 = _as_points(p0, "points0"), _as_points(p1, "points1")
     if p0.shape != p1.shape:
@@ -208,21 +243,25 @@ def _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend)
     inliers = np.zeros(k, dtype=bool)
     finite = np.isfinite(p0).all(1) & np.isfinite(p1).all(1)  # non-finite points are never inliers
     if int(finite.sum()) < MIN_SAMPLES[geometry]:
-        return None, inliers, "not enough matches", ""
-    fn = _BACKEND_FNS[backend]
+        return None, inliers, "not enough matches", "", None
     q0, q1 = np.ascontiguousarray(p0[finite]), np.ascontiguousarray(p1[finite])
+    pose = None
     try:
-        model, mask, method = fn(q0, q1, geometry, float(threshold), float(confidence), int(max_iters), seed)
+        options = (float(threshold), float(confidence), int(max_iters), seed)
+        if cameras is not None:
+            model, mask, method, pose = _run_essential(q0, q1, cameras, backend, *options)
+        else:
+            model, mask, method = _BACKEND_FNS[backend](q0, q1, geometry, *options)
     except MissingBackendError:
         raise
     except Exception:  # noqa: BLE001 - degenerate data make the solvers raise all sorts of errors
-        return None, inliers, "estimation failed", ""
+        return None, inliers, "estimation failed", "", None
     model = _normalise(model, geometry)
     mask = None if mask is None else np.asarray(mask).reshape(-1).astype(bool)
     if model is None or mask is None or mask.shape[0] != q0.shape[0] or mask.sum() < MIN_SAMPLES[geometry]:
-        return None, inliers, "estimation failed", method
+        return None, inliers, "estimation failed", method, None
     inliers[finite] = mask
-    return model, inliers, "ok", method
+    return model, inliers, "ok", method, pose
 
 
 def estimate_geometry(
@@ -235,17 +274,19 @@ def estimate_geometry(
     max_iters: int = 10000,
     seed: int = 0,
     backend: str = "opencv",
+    intrinsics: tuple[Intrinsics, Intrinsics] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Robustly fit a two-view geometry to correspondences ``points0[k] <-> points1[k]``.
 
     Args:
         points0, points1: (K, 2) (x, y) pixel coordinates in the first and second image.
         geometry: one of `GEOMETRIES`.
-        threshold: inlier threshold in pixels (transfer error for H / A, Sampson distance for F).
+        threshold: inlier threshold in pixels (transfer error for H / A, Sampson distance for F, E).
         confidence: RANSAC success probability used by the adaptive stopping rule, in (0, 1).
         max_iters: upper bound on the number of RANSAC iterations.
         seed: seed of the backend's random sampler, in [0, 2**31); same seed, same result.
         backend: one of `BACKENDS` (see the module docstring for how options map).
+        intrinsics: ``(K0, K1)`` for ``"essential"`` (`Intrinsics`: Camera or (3, 3) matrix).
 
     Returns:
         ``(model, inliers)``: (3, 3) float64 model (None when fewer than ``MIN_SAMPLES[geometry]``
@@ -256,7 +297,8 @@ def estimate_geometry(
         ValueError: unknown geometry / backend, unsupported combination, bad options or shapes.
         MissingBackendError: the backend's package is not installed.
     """
-    model, inliers, *_ = _estimate(points0, points1, geometry, threshold, confidence, max_iters, seed, backend)
+    model, inliers, *_ = _estimate(points0, points1, geometry, threshold, confidence, max_iters, seed, backend,
+                                   intrinsics)  # fmt: skip
     return model, inliers
 
 
@@ -285,7 +327,7 @@ def chance_inliers(geometry: str, num_matches: int, threshold: float, width: flo
     """
     s = MIN_SAMPLES[geometry] - (1 if geometry == "fundamental" else 0)  # the 7-point sample fits F
     area = max(float(width) * float(height), 1.0)
-    if geometry == "fundamental":
+    if geometry in ("fundamental", "essential"):  # both: a band around an epipolar line
         p = 6.0 * threshold * math.hypot(width, height) / area
     else:
         p = math.pi * threshold**2 / area
@@ -363,6 +405,7 @@ def verify(
     seed: int = 0,
     backend: str = "opencv",
     min_inliers: int = MIN_INLIERS,
+    intrinsics: tuple[Intrinsics, Intrinsics] | None = None,
 ) -> Matches:
     """Geometrically verify ``matches`` between two keypoint sets (see `estimate_geometry`).
 
@@ -371,6 +414,7 @@ def verify(
         matches: `Matches` with (K, 2) ``indices`` into the two keypoint sets.
         geometry, threshold, confidence, max_iters, seed, backend: as in `estimate_geometry`.
         min_inliers: fewest inliers for ``status == "ok"`` (see `verification_status`).
+        intrinsics: ``(K0, K1)``, required for ``"essential"`` (see `estimate_geometry`).
 
     Returns:
         A new `Matches` with the same indices and scores plus ``inliers`` (K,) bool, ``model``
@@ -381,7 +425,9 @@ def verify(
         (= ``MIN_SAMPLES[geometry]``, the fewest matches an estimate is tried on),
         ``min_inliers`` (the fewest inliers of an "ok" model), ``chance_inliers`` (the count random
         matches reach, `chance_inliers`, from the image sizes or keypoint extents), ``backend``, ``method``,
-        ``threshold`` and ``seed``.
+        ``threshold`` and ``seed``; for ``"essential"`` also ``rotation`` (3 x 3 list), ``translation``
+        (3 list, unit length) of ``X1 = R X0 + t`` (None without a model) and ``intrinsics`` (each
+        image's pinhole K in delfi's convention, as lists).
     """
     kp0, kp1 = _keypoints(features0, "features0"), _keypoints(features1, "features1")
     idx = matches.indices.detach().cpu().numpy().astype(np.int64, copy=False)
@@ -391,7 +437,8 @@ def verify(
     if int(min_inliers) < 0:
         raise ValueError(f"min_inliers must be >= 0, got {min_inliers}")
     p0, p1 = kp0[idx[:, 0]], kp1[idx[:, 1]]
-    model, inliers, _, method = _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend)
+    model, inliers, _, method, pose = _estimate(p0, p1, geometry, threshold, confidence, max_iters, seed, backend,
+                                                intrinsics)  # fmt: skip
     finite = int((np.isfinite(p0).all(1) & np.isfinite(p1).all(1)).sum())
     chance = max(chance_inliers(geometry, finite, float(threshold), *_extent(f, kp))
                  for f, kp in ((features0, kp0), (features1, kp1)))
@@ -409,6 +456,10 @@ def verify(
         "threshold": float(threshold),
         "seed": int(seed),
     }
+    if geometry in CALIBRATED:
+        meta["rotation"] = None if pose is None else pose[0].tolist()
+        meta["translation"] = None if pose is None else pose[1].tolist()
+        meta["intrinsics"] = [camera.K().tolist() for camera in _cameras(intrinsics, geometry)]
     return Matches(
         indices=matches.indices,
         scores=matches.scores,
