@@ -23,7 +23,7 @@ from delfi.cli.common import (
     summary_table,
 )
 
-GEOMETRY_CHOICES = ("homography", "fundamental", "affine", "none")
+GEOMETRY_CHOICES = ("homography", "fundamental", "affine", "essential", "none")
 
 
 def matching_config(geometry, threshold, ratio, max_distance, mutual, backend, seed, max_iters, confidence,
@@ -84,7 +84,9 @@ def match(
     preset: str = typer.Option(DEFAULT_PRESET, "--preset", "-p", help="Preset for extraction (two-image mode)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights name or checkpoint path."),
     device: str = typer.Option("cpu", "--device"),
-    geometry: str = typer.Option("homography", "--geometry", "-g", help="homography | fundamental | affine | none."),
+    geometry: str = typer.Option("homography", "--geometry", "-g", help="homography | fundamental | affine | essential | none."),
+    intrinsics: Optional[str] = typer.Option(None, "--intrinsics", help="Essential: cameras file ('name MODEL W H params', or a one-camera COLMAP cameras.txt), 'f' or 'fx,fy,cx,cy' (pixel centres at integers), or 'exif' (default: EXIF focal, else 1.2 max(w, h), as COLMAP)."),
+    images_dir: Optional[Path] = typer.Option(None, "--images", help="Pairs mode, essential: folder of the images, for their EXIF focal lengths."),
     threshold: float = typer.Option(3.0, "--threshold", help="RANSAC residual threshold (pixels)."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Lowe ratio test (e.g. 0.9)."),
     max_distance: Optional[float] = typer.Option(None, "--max-distance", help="Keep matches with L2 distance <= this."),
@@ -104,21 +106,68 @@ def match(
     """
     config = matching_config(geometry, threshold, ratio, max_distance, mutual, backend, seed, max_iters, confidence,
                              min_inliers)  # fmt: skip
+    camera_spec = intrinsics_option(intrinsics, config.geometry)
     paths, settings = split_overrides(images)
     if features is not None or pairs is not None:
         if paths or features is None or pairs is None:
             raise fail("pairs mode needs --features and --pairs and no image arguments")
         out = match_store_output(out, [features, features_db, pairs])
-        _match_store(features, features_db, pairs, out, config, overwrite)
+        camera_of = store_cameras(camera_spec, images_dir) if config.geometry == "essential" else None
+        _match_store(features, features_db, pairs, out, config, overwrite, camera_of)
     elif len(paths) == 2:
         if plot is not None:
             plot = picture_output(plot, [*paths, weights if weights and Path(weights).exists() else None], "--plot")
-        _match_two(paths[0], paths[1], preset, weights, settings, device, config, plot)
+        _match_two(paths[0], paths[1], preset, weights, settings, device, config, plot, camera_spec)
     else:
         raise fail("give two images, or --features with --pairs")
 
 
-def _match_two(path0: Path, path1: Path, preset, weights, settings, device, config, plot: Path | None) -> None:
+def intrinsics_option(value: str | None, geometry: str | None):
+    """The parsed ``--intrinsics`` (see `delfi.io.cameras.parse_intrinsics`); exit 2 when it is bad or
+    given for a geometry that does not use it."""
+    from delfi.io.cameras import parse_intrinsics
+
+    if value is None:
+        return None
+    if geometry != "essential":
+        raise fail(f"--intrinsics is for --geometry essential (got --geometry {geometry or 'none'})")
+    try:
+        return parse_intrinsics(value)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def store_cameras(spec, images_dir: Path | None):
+    """``camera_of(name, features)`` for pairs mode: the cameras file / numbers, else EXIF of
+    ``images_dir / name`` when given, else COLMAP's default from the stored image size."""
+    from delfi.io.cameras import cameras_for
+
+    if images_dir is not None and not images_dir.is_dir():
+        raise fail(f"--images {images_dir}: not a folder")
+
+    def camera_of(name: str, features):
+        width, height = features.image_size
+        if min(width, height) <= 0:
+            raise ValueError(f"entry {name!r} records no image size: the essential geometry needs it")
+        return cameras_for(spec, name, width, height, None if images_dir is None else images_dir / name)
+
+    return camera_of
+
+
+def _pose_rows(matches) -> list[tuple[str, str]]:
+    """Summary rows of an essential matrix's relative pose (rotation angle and translation direction)."""
+    import numpy as np
+
+    rotation, translation = matches.meta.get("rotation"), matches.meta.get("translation")
+    if rotation is None or translation is None:
+        return []
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(np.array(rotation)) - 1) / 2, -1, 1))))
+    return [("rotation", f"{angle:.2f} deg"), ("translation", " ".join(f"{v:+.3f}" for v in translation))]
+
+
+def _match_two(path0: Path, path1: Path, preset, weights, settings, device, config, plot: Path | None,
+               camera_spec=None) -> None:  # fmt: skip
+    from delfi.io.cameras import cameras_for
     from delfi.io.images import ImageError, read_image
     from delfi.match.pipeline import match_features
 
@@ -126,15 +175,26 @@ def _match_two(path0: Path, path1: Path, preset, weights, settings, device, conf
         images = [read_image(path0), read_image(path1)]
     except ImageError as exc:
         raise fail(str(exc)) from None
+    intrinsics = None
+    if config.geometry == "essential":
+        try:
+            intrinsics = tuple(cameras_for(camera_spec, str(path), image.shape[-1], image.shape[-2], path)
+                               for path, image in ((path0, images[0]), (path1, images[1])))  # fmt: skip
+        except KeyError as exc:
+            raise fail(f"--intrinsics: {exc.args[0]}") from None
     model, _ = load_model(preset, weights, settings, device)
     f0, f1 = (model.extract(image) for image in images)
-    matches = match_features(f0, f1, config)
+    matches = match_features(f0, f1, config, intrinsics)
     rows = [("features", f"{len(f0)} / {len(f1)}"), ("matches", str(len(matches)))]
+    if intrinsics is not None:
+        rows += [(f"camera {k}", f"{c.model} {' '.join(f'{p:.6g}' for p in c.params)}"
+                  + ("" if c.from_exif else " (no EXIF: 1.2 max(w, h))")) for k, c in enumerate(intrinsics)]
     if matches.inliers is not None:
         share = matches.num_inliers / max(len(matches), 1)
         rows += [(f"{matches.kind} inliers", f"{matches.num_inliers} ({share:.0%}), {matches.meta.get('status', '')}")]
         if matches.model is not None:
             rows.append(("model", " ".join(f"{v:.4g}" for v in matches.model.flatten().tolist())))
+            rows += _pose_rows(matches)
     if plot is not None:
         from delfi.viz.matches import plot_matches
 
@@ -143,7 +203,8 @@ def _match_two(path0: Path, path1: Path, preset, weights, settings, device, conf
     Console().print(summary_table(f"delfi match {path0.name} {path1.name}", rows))
 
 
-def _match_store(features: Path, features_db: Path | None, pairs_path: Path, out: Path, config, overwrite: bool) -> None:
+def _match_store(features: Path, features_db: Path | None, pairs_path: Path, out: Path, config, overwrite: bool,
+                 camera_of=None) -> None:  # fmt: skip
     from delfi.io.pairs import read_pairs
     from delfi.match.pipeline import match_pairs
 
@@ -159,7 +220,7 @@ def _match_store(features: Path, features_db: Path | None, pairs_path: Path, out
         try:
             report = match_pairs(
                 features, pairs, out, config, features_db=features_db, overwrite=overwrite,
-                on_pair=lambda pair, status: bar.advance(pair[1], status),
+                on_pair=lambda pair, status: bar.advance(pair[1], status), camera_of=camera_of,
             )  # fmt: skip
         except OSError as exc:
             raise fail(str(exc) if exc.filename is None else os_message(exc, "cannot read or write")) from None
