@@ -14,7 +14,7 @@ from rich.console import Console
 from delfi.config import DEFAULT_PRESET
 from delfi.cli.common import FAILURES_SHOWN, ProgressBar, fail, load_model, refuse_output_among_inputs, stderr_console
 
-app = typer.Typer(help="Benchmarks: HPatches (MMA, homography accuracy), EVD, revisited Oxford/Paris, place recognition.", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: HPatches (MMA, homography accuracy), EVD, relative pose (AUC), revisited Oxford/Paris, place recognition.", no_args_is_help=True)
 
 
 CONTENT_KEYS = ("weights", "backbone_weights", "pca")
@@ -232,4 +232,11 @@ def _register_retrieval() -> None:
     app.command("vpr-sweep")(eval_retrieval.vpr_sweep)
 
 
+def _register_pose() -> None:
+    from delfi.cli import eval_pose
+
+    app.command("pose")(eval_pose.pose)
+
+
 _register_retrieval()
+_register_pose()
