@@ -9,7 +9,7 @@ import typer
 
 from delfi.cli.common import fail, prepare_output_file, refuse_output_among_inputs, stderr_console
 
-app = typer.Typer(help="Make pairs files: exhaustive, from a ranking (top-k per query), or from a list.", no_args_is_help=True)
+app = typer.Typer(help="Make pairs files: exhaustive, from a ranking (top-k per query), from a list, or with ground-truth poses from a COLMAP model.", no_args_is_help=True)
 
 
 def check_pairs_output(out: Path, inputs: list[Path | None], option: str = "--out") -> Path:
@@ -108,3 +108,43 @@ def from_list(
     except ValueError as exc:
         raise fail(str(exc)) from None
     _write(pairs, out)
+
+
+@app.command("from-colmap")
+def from_colmap(
+    model: Path = typer.Argument(..., help="COLMAP model folder (cameras / images / points3D, .bin or .txt)."),
+    out: Path = typer.Option(Path("pairs_with_gt.txt"), "--out", "-o", help="Pairs file with ground truth (for delfi eval pose)."),
+    min_shared: int = typer.Option(50, "--min-shared", help="Pairs of registered images sharing at least this many 3-D points."),
+    max_distortion: float = typer.Option(0.0, "--max-distortion", help="Accept cameras with |distortion| up to this (the format has none)."),
+) -> None:
+    """Pairs with ground-truth poses and intrinsics from a reconstruction: `name0 name1 0 0 K0 K1 T_0to1`."""
+    import os
+
+    from delfi.eval.pose import format_pose_pair, read_pose_pairs
+
+    refuse_output_among_inputs(out, [model])
+    out = prepare_output_file(out)
+    if out.exists():
+        try:
+            read_pose_pairs(out)
+        except (OSError, ValueError):
+            raise fail(f"--out {out} exists and is not a pairs file with ground truth: not replaced; choose another "
+                       f"output path") from None
+    try:
+        from delfi.eval.pose_gt import pose_pairs_from_reconstruction
+
+        pairs = pose_pairs_from_reconstruction(model, min_shared_points=min_shared, max_distortion=max_distortion)
+    except ImportError:
+        raise fail("reading COLMAP models needs pycolmap: pip install delfi[sfm]") from None
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    if not pairs:
+        raise fail(f"{model}: no pair of registered images shares {min_shared} 3-D points")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text("".join(format_pose_pair(p) + "\n" for p in pairs), encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise fail(os_message(exc, "cannot write pairs file")) from None
+    stderr_console().print(f"{len(pairs)} pairs with ground truth -> {out}", highlight=False, soft_wrap=True)
