@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from delfi import __version__
+from delfi.cli import colmap as colmap_cli
 from delfi.cli import demo as demo_cli
 from delfi.cli import eval as eval_cli
 from delfi.cli import extract as extract_cli
@@ -34,6 +35,7 @@ app.command("extract")(extract_cli.extract)
 app.command("presets")(presets_cli.presets)
 app.command("demo")(demo_cli.demo)
 app.command("match")(match_cli.match)
+app.command("sfm")(colmap_cli.sfm)
 app.add_typer(pairs_cli.app, name="pairs")
 app.add_typer(viz_cli.app, name="viz")
 app.add_typer(eval_cli.app, name="eval")

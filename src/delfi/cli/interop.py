@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from delfi.cli import colmap as colmap_cli
 from delfi.cli import hloc as hloc_cli
 
 export_app = typer.Typer(help="Write delfi's feature and match stores in other tools' formats (COLMAP, hloc).",
@@ -13,3 +14,4 @@ import_app = typer.Typer(help="Read other tools' feature and match files into de
 
 export_app.command("hloc")(hloc_cli.export_hloc)
 import_app.command("hloc")(hloc_cli.import_hloc)
+export_app.command("colmap")(colmap_cli.export_colmap)
