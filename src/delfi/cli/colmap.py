@@ -75,10 +75,13 @@ def _export_options(camera_model: str, single_camera: bool, cameras: Path | None
 
 def _run(what: str, call):
     """Run ``call()``; exit 2 with one clear line for bad input (stores, cameras, images, outputs)."""
+    from delfi.io.colmap import MissingPycolmapError
     from delfi.io.journal import StoreError
 
     try:
         return call()
+    except MissingPycolmapError as exc:  # a pycolmap without what this run needs
+        raise fail(str(exc)) from None
     except FileExistsError as exc:  # DatabaseOutputError, SfmFolderError
         raise fail(str(exc)) from None
     except (StoreError, ValueError) as exc:

@@ -592,6 +592,11 @@ def _verified(geometry: Any, pycolmap: Any) -> bool:
 
 def _colmap_verify(pycolmap: Any, path: Path, options: ExportOptions, report: ExportReport) -> None:
     """COLMAP's verification of the matched pairs without a geometry; counts into ``report``."""
+    if not hasattr(pycolmap, "geometric_verification"):
+        raise MissingPycolmapError(f"COLMAP's verification of the pairs delfi did not verify needs "
+                                   f"pycolmap.geometric_verification (pycolmap 4.x; this is "
+                                   f"{getattr(pycolmap, '__version__', '?')}): pip install -U delfi[sfm], "
+                                   f"or verify the pairs with delfi (delfi match --geometry ...)")
     with pycolmap.Database.open(str(path)) as db:
         before = set(db.read_two_view_geometries()[0])
     two_view = pycolmap.TwoViewGeometryOptions()
