@@ -100,11 +100,22 @@ def _jpeg(path, size, tags=None):
 
 def test_exif_focal_as_colmap_guesses_it(tmp_path):
     f35 = camera_from_exif(_jpeg(tmp_path / "a.jpg", (600, 400), {0xA405: 28}))
-    assert f35.from_exif and f35.params == (28 / 36 * 600, 300.0, 200.0, 0.0)
+    assert f35.from_exif and f35.params == pytest.approx((28 / 43.27 * 721.110, 300.0, 200.0, 0.0), rel=1e-4)
     plane = camera_from_exif(_jpeg(tmp_path / "b.jpg", (600, 400), {0x920A: 4.0, 0xA20E: 250.0, 0xA210: 4}))
-    assert plane.from_exif and plane.focal == (1000.0, 1000.0)  # 4 mm at 250 px / mm
+    assert not plane.from_exif and plane.focal == (720.0, 720.0)  # COLMAP reads no focal-plane resolution
     none = camera_from_exif(_jpeg(tmp_path / "c.jpg", (600, 400)))
     assert not none.from_exif and none == default_camera(600, 400) and none.focal == (720.0, 720.0)
+
+
+@pytest.mark.parametrize("size,tags", [((600, 400), {0xA405: 28}), ((400, 600), {0xA405: 50}), ((800, 600), {}),
+                                       ((640, 480), {0x920A: 4.0, 0xA20E: 250.0, 0xA210: 4})])
+def test_exif_camera_equals_pycolmaps(tmp_path, size, tags):
+    pycolmap = pytest.importorskip("pycolmap")
+    path = _jpeg(tmp_path / "x.jpg", size, tags)
+    theirs = pycolmap.infer_camera_from_image(str(path))
+    ours = camera_from_exif(path)
+    assert ours.model == theirs.model_name and ours.params == pytest.approx(list(theirs.params), rel=1e-9)
+    assert ours.from_exif == theirs.has_prior_focal_length
 
 
 def test_parse_intrinsics_and_lookup(tmp_path):
@@ -125,5 +136,5 @@ def test_parse_intrinsics_and_lookup(tmp_path):
     assert cameras_for(spec, "other/b.jpg", 640, 480).focal == (500.0, 500.0)  # by file name
     with pytest.raises(KeyError, match="no camera for image 'c.jpg'"):
         cameras_for(spec, "c.jpg", 640, 480)
-    assert cameras_for(None, "c.jpg", 640, 480, _jpeg(tmp_path / "c.jpg", (640, 480), {0xA405: 36})).focal == (640.0, 640.0)
+    assert cameras_for(None, "c.jpg", 640, 480, _jpeg(tmp_path / "c.jpg", (640, 480), {0xA405: 36})).focal == pytest.approx((800 * 36 / 43.27,) * 2)
     assert cameras_for(None, "c.jpg", 640, 480, tmp_path / "missing.jpg") == default_camera(640, 480)

@@ -17,10 +17,12 @@ Cameras files (`read_cameras`), one camera per line, whitespace separated, ``#``
 * COLMAP's ``cameras.txt`` (``CAMERA_ID MODEL WIDTH HEIGHT PARAMS...``, recognised by its header
   comment ``# Camera list``) holding ONE camera: it applies to every image (key ``*``).
 
-EXIF (`camera_from_exif`): COLMAP's rule: the focal length in pixels from the 35 mm equivalent focal
-length (``f35 / 36 * max(w, h)``), else from the focal length in mm and the focal-plane resolution;
-without either, COLMAP's default guess ``1.2 * max(w, h)`` (``Camera.from_exif = False``). The
-principal point is the image centre, the model ``SIMPLE_RADIAL`` with ``k = 0``.
+EXIF (`camera_from_exif`): COLMAP's rule (as pycolmap 4.2's ``infer_camera_from_image``, tested
+against it): the focal length in pixels from the 35 mm equivalent focal length, scaled by the image
+diagonal over the 43.27 mm diagonal of a 36 x 24 mm frame (``f35 / 43.27 * hypot(w, h)``); without it,
+COLMAP's default guess ``1.2 * max(w, h)`` (``Camera.from_exif = False``; COLMAP also looks the focal
+length in mm up in a database of sensor widths, which delfi does not ship). The principal point is the
+image centre, the model ``SIMPLE_RADIAL`` with ``k = 0``.
 """
 
 from __future__ import annotations
@@ -172,30 +174,19 @@ def default_camera(width: int, height: int, focal: float | None = None, *, from_
 
 _EXIF_IFD = 0x8769
 _ORIENTATION = 0x0112
-_FOCAL_LENGTH = 0x920A
 _FOCAL_35MM = 0xA405
-_FOCAL_PLANE_X_RESOLUTION = 0xA20E
-_FOCAL_PLANE_RESOLUTION_UNIT = 0xA210
-_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}  # inch, cm, mm, um
+_FULL_FRAME_DIAGONAL_MM = 43.27  # the diagonal of 36 x 24 mm, as COLMAP rounds it
 
 
 def _exif_focal_pixels(exif: Mapping[int, Any], width: int, height: int) -> float | None:
-    """Focal length in pixels from EXIF tags (35 mm equivalent, else focal-plane resolution), or None."""
-    def number(tag: int) -> float | None:
-        try:
-            value = float(exif[tag])
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            return None
-        return value if math.isfinite(value) and value > 0 else None
-
-    f35 = number(_FOCAL_35MM)
-    if f35 is not None:
-        return f35 / 36.0 * max(width, height)
-    focal_mm, resolution = number(_FOCAL_LENGTH), number(_FOCAL_PLANE_X_RESOLUTION)
-    unit = _UNIT_MM.get(int(number(_FOCAL_PLANE_RESOLUTION_UNIT) or 2))
-    if focal_mm is not None and resolution is not None and unit is not None:
-        return focal_mm * resolution / unit  # pixels per mm on the focal plane times mm
-    return None
+    """Focal length in pixels from the EXIF 35 mm equivalent focal length, or None."""
+    try:
+        f35 = float(exif[_FOCAL_35MM])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not (math.isfinite(f35) and f35 > 0):
+        return None
+    return f35 / _FULL_FRAME_DIAGONAL_MM * math.hypot(width, height)
 
 
 def camera_from_exif(path: str | os.PathLike, width: int | None = None, height: int | None = None) -> Camera:
