@@ -30,6 +30,34 @@ def _isolated_delfi_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DELFI_HOME", str(tmp_path_factory.mktemp("delfi_home")))
 
 
+def _sift_store(images: Path, out: Path, nfeatures: int = 4000) -> Path:
+    """OpenCV SIFT (``nfeatures`` per image, RootSIFT descriptors) of every ``*.jpg`` of ``images``
+    into a delfi feature store ``out`` (names: the file names)."""
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+    import torch
+
+    from delfi.io.features import FeatureStore
+    from delfi.types import Features
+
+    sift = cv2.SIFT_create(nfeatures=nfeatures)
+    with FeatureStore(out, "w", attrs={"model": "opencv-sift"}) as store:
+        for path in sorted(Path(images).glob("*.jpg")):
+            grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            found, desc = sift.detectAndCompute(grey, None)
+            desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-8)).astype(np.float32)
+            store.put(path.name, Features(torch.tensor([k.pt for k in found], dtype=torch.float32),
+                                          torch.tensor([k.response for k in found]), torch.from_numpy(desc),
+                                          image_size=(grey.shape[1], grey.shape[0])))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def sift_store():
+    """``sift_store(images_dir, out, nfeatures=4000) -> out``: OpenCV SIFT features as a delfi store."""
+    return _sift_store
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch intra-op thread for a module (use with ``pytest.mark.usefixtures``): for modules of

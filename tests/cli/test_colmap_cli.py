@@ -139,22 +139,7 @@ def test_missing_pycolmap_exits_2_naming_the_extra(tmp_path, monkeypatch):
         assert run.exit_code == 2 and "pip install delfi[sfm]" in run.output
 
 
-def sift_features(images, out):
-    """OpenCV SIFT (4000 per image, RootSIFT descriptors) into a delfi feature store."""
-    cv2 = pytest.importorskip("cv2")
-    sift = cv2.SIFT_create(nfeatures=4000)
-    with FeatureStore(out, "w", attrs={"model": "opencv-sift"}) as store:
-        for path in sorted(images.glob("*.jpg")):
-            grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            found, desc = sift.detectAndCompute(grey, None)
-            desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-8)).astype(np.float32)
-            store.put(path.name, Features(torch.tensor([k.pt for k in found], dtype=torch.float32),
-                                          torch.tensor([k.response for k in found]), torch.from_numpy(desc),
-                                          image_size=(grey.shape[1], grey.shape[0])))  # fmt: skip
-    return out
-
-
-def test_sfm_registers_all_ten_sacre_coeur_photos_with_sift(tmp_path, shared_data):
+def test_sfm_registers_all_ten_sacre_coeur_photos_with_sift(tmp_path, shared_data, sift_store):
     """10 photos, SIFT, delfi's matching (ratio 0.8, fundamental), COLMAP's mapper: 10 / 10 registered,
     ~900 points, mean reprojection error 0.33 px here (pycolmap 4.2.1); ~10 s on one thread."""
     from delfi.match.pipeline import MatchingConfig, match_pairs
@@ -162,7 +147,7 @@ def test_sfm_registers_all_ten_sacre_coeur_photos_with_sift(tmp_path, shared_dat
     images = shared_data / "images" / "sacre_coeur"
     if not images.is_dir():
         pytest.skip(f"{images} not found")
-    feats = sift_features(images, tmp_path / "sift.h5")
+    feats = sift_store(images, tmp_path / "sift.h5")
     names = sorted(p.name for p in images.glob("*.jpg"))
     report = match_pairs(feats, list(itertools.combinations(names, 2)), tmp_path / "m.h5",
                          MatchingConfig(ratio=0.8, geometry="fundamental"))  # fmt: skip
