@@ -170,11 +170,11 @@ def _move_model(source: Path, target: Path) -> None:
 
 def _remove_stale_scratch(folder: Path) -> None:
     """Delete ``.mapping-<pid>-*`` folders (COLMAP's models of a killed `map_database`) of processes that are gone."""
-    from delfi.io.colmap import _process_gone
+    from delfi.io.locking import process_gone
 
     for entry in folder.iterdir():
         match = _SCRATCH.fullmatch(entry.name)
-        if match and entry.is_dir() and _process_gone(int(match.group(1))):
+        if match and entry.is_dir() and process_gone(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
 
 

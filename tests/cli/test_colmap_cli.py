@@ -137,25 +137,3 @@ def test_missing_pycolmap_exits_2_naming_the_extra(tmp_path, monkeypatch):
                  ["sfm", "--images", tmp_path, "-f", "f.h5", "-m", "m.h5", "--out", tmp_path / "s"]):
         run = invoke(*args)
         assert run.exit_code == 2 and "pip install delfi[sfm]" in run.output
-
-
-def test_sfm_registers_all_ten_sacre_coeur_photos_with_sift(tmp_path, shared_data, sift_store):
-    """10 photos, SIFT, delfi's matching (ratio 0.8, fundamental), COLMAP's mapper: 10 / 10 registered,
-    ~900 points, mean reprojection error 0.33 px here (pycolmap 4.2.1); ~10 s on one thread."""
-    from delfi.match.pipeline import MatchingConfig, match_pairs
-
-    images = shared_data / "images" / "sacre_coeur"
-    if not images.is_dir():
-        pytest.skip(f"{images} not found")
-    feats = sift_store(images, tmp_path / "sift.h5")
-    names = sorted(p.name for p in images.glob("*.jpg"))
-    report = match_pairs(feats, list(itertools.combinations(names, 2)), tmp_path / "m.h5",
-                         MatchingConfig(ratio=0.8, geometry="fundamental"))  # fmt: skip
-    assert report.verified >= 35
-    run = invoke("sfm", "--images", images, "-f", feats, "-m", tmp_path / "m.h5", "--out", tmp_path / "sfm",
-                 "--threads", "1")  # fmt: skip
-    assert run.exit_code == 0, run.output
-    results = json.loads((tmp_path / "sfm" / "results.json").read_text())
-    assert results["registered"] == results["images"] == 10
-    assert results["points3D"] > 600 and results["mean_track_length"] > 3
-    assert results["mean_reprojection_error"] < 0.6

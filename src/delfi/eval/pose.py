@@ -46,8 +46,6 @@ Conventions where the references differ, and what delfi does:
 
 from __future__ import annotations
 
-import codecs
-import io
 import math
 import os
 import re
@@ -195,26 +193,11 @@ class PosePair:
         return self.T_0to1[:3, 3]
 
 
-def _text(path: str | os.PathLike) -> str:
-    """The file decoded as UTF-8 (BOM dropped); ValueError naming file, line and byte if it is not."""
-    data = Path(path).read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
-                         f"pose pairs files must be UTF-8 text") from None
-
-
 def _lines(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
     """(line number from 1, fields) of each line that is not blank or a ``#`` comment."""
-    for number, line in enumerate(io.StringIO(_text(path), newline=None), start=1):
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            yield number, stripped.split()
+    from delfi.io.pairs import text_lines
+
+    return text_lines(path, "pose pairs files")
 
 
 def _number_labels() -> list[str]:

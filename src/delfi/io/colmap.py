@@ -65,6 +65,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
+from delfi.io.locking import process_gone
+
 if TYPE_CHECKING:
     from delfi.io.cameras import Camera
 
@@ -287,21 +289,9 @@ def _remove_stale_temps(path: Path) -> None:
     for entry in entries:
         rest = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
         match = _TMP.fullmatch(rest)
-        if match and int(match.group(1)) != os.getpid() and _process_gone(int(match.group(1))):
+        if match and process_gone(int(match.group(1))):
             with contextlib.suppress(OSError):
                 entry.unlink()
-
-
-def _process_gone(pid: int) -> bool:
-    if os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _remove_temp(tmp: Path) -> None:

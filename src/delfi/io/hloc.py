@@ -83,6 +83,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from delfi.io.locking import process_gone
+
 __all__ = ["EXPORT_MARK", "HlocError", "FeatureExport", "MatchExport", "FeatureImport", "MatchImport",
            "names_to_pair", "names_to_pair_old", "check_output", "check_pairs_output", "check_input",
            "is_delfi_export", "export_features",
@@ -268,18 +270,6 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
 _TEMP = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{32}")
 
 
-def _process_gone(pid: int) -> bool:
-    if pid == os.getpid() or os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def _remove_stale_temps(path: Path) -> None:
     """Delete ``.<name>.tmp-<pid>-<32 hex>`` temps of ``path`` left by killed runs (processes gone)."""
     try:
@@ -288,7 +278,7 @@ def _remove_stale_temps(path: Path) -> None:
         return
     for entry in entries:
         match = _TEMP.fullmatch(entry)
-        if match and match["name"] == path.name and _process_gone(int(match["pid"])):
+        if match and match["name"] == path.name and process_gone(int(match["pid"])):
             try:
                 (path.parent / entry).unlink()
             except OSError:

@@ -69,7 +69,7 @@ import h5py
 import numpy as np
 
 from delfi import __version__
-from delfi.io.locking import FileLock
+from delfi.io.locking import FileLock, process_gone
 
 _LIBVER = ("v108", "latest")
 _ATTRS_JSON = "attrs.json"
@@ -128,15 +128,7 @@ def _stale(pid: int, *, ours: bool) -> bool:
     keep them all."""
     if pid == os.getpid():
         return ours
-    if os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0 only checks that the process exists
-    except (ProcessLookupError, OverflowError):  # gone, or not a possible pid
-        return True
-    except PermissionError:  # it exists, run by another user
-        return False
-    return False
+    return process_gone(pid)
 
 
 def _short(value: Any, limit: int = 66) -> str:  # 66: a quoted sha256

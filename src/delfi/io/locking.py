@@ -124,3 +124,19 @@ class FileLock:
             return False
         fst = os.fstat(fd)
         return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs (so a temp file named after it is left from a killed run).
+
+    This process is never gone; off posix nothing is known to be gone (temps are kept).
+    """
+    if pid == os.getpid() or os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except (ProcessLookupError, OverflowError):  # gone, or not a possible pid
+        return True
+    except PermissionError:  # it exists, run by another user
+        return False
+    return False

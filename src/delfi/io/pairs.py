@@ -21,15 +21,16 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-__all__ = ["read_pairs", "read_pairs_with_scores", "is_pairs_file", "write_pairs", "pairs_exhaustive", "pairs_from_ranking",
+__all__ = ["read_pairs", "read_utf8_text", "text_lines", "read_pairs_with_scores", "is_pairs_file", "write_pairs", "pairs_exhaustive", "pairs_from_ranking",
            "pairs_from_list"]
 
 Pair = tuple[str, str]
 ScoredPair = tuple[str, str, "float | None"]
 
 
-def _text(path: str | os.PathLike) -> str:
-    """The whole file decoded as UTF-8 (BOM dropped); ValueError naming file, line and byte if it is not."""
+def read_utf8_text(path: str | os.PathLike, what: str = "pairs and ranking files") -> str:
+    """The whole file decoded as UTF-8 (BOM dropped); ValueError naming file, line and byte if it is not
+    (``what`` names the kind of file in the message)."""
     data = Path(path).read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
@@ -39,14 +40,14 @@ def _text(path: str | os.PathLike) -> str:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
-                         f"pairs and ranking files must be UTF-8 text") from None
+                         f"{what} must be UTF-8 text") from None
 
 
-def _lines(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
-    """(line number from 1, whitespace-separated fields) of each line that is not blank or a comment.
+def text_lines(path: str | os.PathLike, what: str = "pairs and ranking files") -> Iterator[tuple[int, list[str]]]:
+    """(line number from 1, whitespace-separated fields) of each line that is not blank or a ``#`` comment.
 
     Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` (as Python's text mode reads them)."""
-    for number, line in enumerate(io.StringIO(_text(path), newline=None), start=1):
+    for number, line in enumerate(io.StringIO(read_utf8_text(path, what), newline=None), start=1):
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             yield number, stripped.split()
@@ -71,7 +72,7 @@ def read_pairs_with_scores(path: str | os.PathLike) -> list[ScoredPair]:
             message names the file and the line number).
     """
     out: list[ScoredPair] = []
-    for number, fields in _lines(path):
+    for number, fields in text_lines(path):
         if len(fields) not in (2, 3):
             raise _error(path, number, "expected 'name0 name1 [score]'", fields)
         score = _parse_score(path, number, fields) if len(fields) == 3 else None
@@ -199,7 +200,7 @@ def pairs_from_ranking(ranking_path: str | os.PathLike, top_k: int, *, skip_iden
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     ranked: dict[str, list[tuple[float, str]]] = {}
-    for number, fields in _lines(ranking_path):
+    for number, fields in text_lines(ranking_path):
         if len(fields) not in (3, 5):  # 5: a reranked file (delfi.io.rankings) with global score and inliers
             raise _error(ranking_path, number, "expected 'query db score [global_score inliers]'", fields)
         score = _parse_score(ranking_path, number, fields)
@@ -223,7 +224,7 @@ def pairs_from_list(path: str | os.PathLike) -> list[Pair]:
     `read_pairs`). A line with a single name raises ValueError naming the file and line number.
     """
     out: list[Pair] = []
-    for number, fields in _lines(path):
+    for number, fields in text_lines(path):
         if len(fields) < 2:
             raise _error(path, number, "expected 'query db1 [db2 ...]'", fields)
         out.extend((fields[0], db) for db in fields[1:])

@@ -112,21 +112,6 @@ def refine_pose(R: np.ndarray, t: np.ndarray, y0: np.ndarray, y1: np.ndarray, sc
     return R, t
 
 
-def _usac(cv2: Any, threshold: float, confidence: float, max_iters: int, seed: int):
-    params = cv2.UsacParams()
-    params.threshold = float(threshold)
-    params.confidence = float(confidence)
-    params.maxIterations = int(max_iters)
-    params.sampler = cv2.SAMPLING_UNIFORM
-    params.score = cv2.SCORE_METHOD_MAGSAC
-    params.loMethod = cv2.LOCAL_OPTIM_SIGMA
-    params.loSampleSize = 50
-    params.loIterations = 10
-    params.isParallel = False
-    params.randomGeneratorState = int(seed)
-    return params
-
-
 def opencv_essential(cv2: Any, p0: np.ndarray, p1: np.ndarray, cam0: Camera, cam1: Camera, threshold: float,
                      confidence: float, max_iters: int, seed: int):  # fmt: skip
     """OpenCV estimate on (K, 2) pixel points; ``(E (3, 3) | None, mask (K,), method, R, t)``."""
@@ -135,8 +120,11 @@ def opencv_essential(cv2: Any, p0: np.ndarray, p1: np.ndarray, cam0: Camera, cam
     thr = threshold / focal
     eye = np.eye(3)
     if hasattr(cv2, "UsacParams"):
+        from delfi.match.verify import _usac_params
+
         zeros = np.zeros(5)
-        E, mask = cv2.findEssentialMat(y0, y1, eye, eye, zeros, zeros, _usac(cv2, thr, confidence, max_iters, seed))
+        params = _usac_params(cv2, "essential", thr, confidence, max_iters, seed)
+        E, mask = cv2.findEssentialMat(y0, y1, eye, eye, zeros, zeros, params)
         method = "USAC_MAGSAC"
     else:
         cv2.setRNGSeed(int(seed))
