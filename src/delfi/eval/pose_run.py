@@ -241,7 +241,7 @@ def run_pose(
         store_path = Path(features_path)
 
     results: list[PosePairResult] = []
-    drawn: list[tuple[PosePair, Features, Features, Any, float]] = []
+    drawn: list[tuple[PosePair, Features, Features, Any, PosePairResult]] = []
     with FeatureStore(store_path, "r") as store:
         names = set(store.names())
         cache: dict[str, Features | str] = {}
@@ -279,7 +279,7 @@ def run_pose(
             result, verified = _evaluate_pair(pair, f0, f1, mutual_nn, verify, Camera, ratio, threshold, confidence,
                                               max_iters, seed, backend, precision_threshold)  # fmt: skip
             results.append(result)
-            drawn.append((pair, f0, f1, verified, result.pose_error))
+            drawn.append((pair, f0, f1, verified, result))
             if on_pair is not None:
                 on_pair(label, "done")
     if not results:
@@ -337,14 +337,15 @@ def _draw_extremes(drawn, root: Path, run_dir: Path) -> None:
         from delfi.viz.matches import plot_matches
     except ImportError:
         return
-    order = sorted(range(len(drawn)), key=lambda i: (drawn[i][4], i))
+    order = sorted(range(len(drawn)), key=lambda i: (drawn[i][4].pose_error, i))
     chosen = [("best", k, i) for k, i in enumerate(order[:PICTURES], 1)]
     worst = [i for i in reversed(order) if i not in set(order[:PICTURES])][:PICTURES]
     chosen += [("worst", k, i) for k, i in enumerate(worst, 1)]
     (run_dir / "pairs").mkdir(exist_ok=True)
     for kind, k, i in chosen:
-        pair, f0, f1, verified, err = drawn[i]
-        title = f"{kind} {k}: pose error {err:.2f} deg" if math.isfinite(err) else f"{kind} {k}: no pose"
+        pair, f0, f1, verified, result = drawn[i]
+        title = (f"{kind} {k}: pose error {result.pose_error:.2f} deg (rotation {result.rotation_error:.2f}, "
+                 f"translation {result.translation_error:.2f})") if math.isfinite(result.pose_error) else f"{kind} {k}: no pose"
         try:
             plot_matches(root / pair.name0, root / pair.name1, f0, f1, verified, out=run_dir / "pairs" / f"{kind}-{k}.png",
                          title=title, names=(pair.name0, pair.name1))  # fmt: skip
