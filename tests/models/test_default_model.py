@@ -101,7 +101,7 @@ def test_the_default_model_beats_sift_on_real_photos(shared_data, tmp_path):
     if not (shared_data / "hpatches" / "v_wormhole").is_dir() or not (shared_data / "evd").is_dir():
         pytest.skip("HPatches v_wormhole or EVD not in the shared data")
     bench = _benchmark_module()
-    methods = {"sift": bench.sift_extractor(), "default": bench.delfi_extractor("delfi-lite", "delfi-lite", ["tile_pixels=262144"])}  # faster strips, same outputs
+    methods = {"sift": bench.sift_extractor(), "default": bench.delfi_extractor("delfi-lite", "delfi-lite", ["tile_pixels=0"])}  # whole levels: faster, same outputs
     mma, evd = {}, {}
     for name, extract in methods.items():
         hp = run_hpatches(shared_data / "hpatches", extract, tmp_path, method=name, sequences=["v_wormhole"], plot=False)
