@@ -15,12 +15,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The fast tests run in two pytest-xdist workers of one thread each (they are mostly Python-bound);
-# the slow ones (training, real-data numbers, whose values depend on the thread count) run after, in
-# one process with torch's default threads, as they were measured.
+# The fast tests run in two pytest-xdist workers of one thread each (they are mostly Python-bound),
+# with the slow tests marked one_thread (results independent of the thread count, or fixed to one);
+# the other slow ones (training, real-data numbers, whose values depend on the thread count) run
+# after, in one process with torch's default threads, as they were measured.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "not slow or one_thread" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m "slow and not one_thread"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile

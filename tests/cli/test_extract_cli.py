@@ -89,6 +89,7 @@ def test_text_list_input_and_python_api(tmp_path, checkpoint):
 
 
 @pytest.mark.slow
+@pytest.mark.one_thread  # its delfi processes run on one thread (OMP_NUM_THREADS=1)
 def test_killed_run_loses_nothing(tmp_path, checkpoint):
     """SIGKILL `delfi extract` mid-run, run it again: every entry complete and equal to a clean run."""
     COUNT = 8  # noqa: N806 - three runs of a fresh interpreter each: a few images are enough

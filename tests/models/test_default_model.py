@@ -90,6 +90,7 @@ def _benchmark_module():
 
 
 @pytest.mark.slow
+@pytest.mark.one_thread  # MMA / EVD bounds far above float rounding: any thread count
 def test_the_default_model_beats_sift_on_real_photos(shared_data, tmp_path):
     """The issue's targets on the data we have: MMA@3 on HPatches v_wormhole at least SIFT's + 0.10, and
     EVD homography accuracy (10 px) at least SIFT's, both measured here."""

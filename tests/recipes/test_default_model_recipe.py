@@ -24,6 +24,7 @@ def run_recipe(out: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.one_thread  # compares two runs of the recipe with each other, made with the same threads
 def test_the_recipe_trains_both_stages_and_gives_the_same_file_twice(tmp_path):
     from delfi.models.checkpoints import load_checkpoint
     from delfi.models.weights import DEFAULT_WEIGHTS, resolve_weights

@@ -26,7 +26,7 @@ pytest.importorskip("kornia")
 from delfi.train.config import resolve_train_config  # noqa: E402
 from delfi.train.trainer import prepare_run_folder, train  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.one_thread, pytest.mark.usefixtures("one_torch_thread")]
 
 SETTINGS = [
     "net.mchan=2", "net.dim=64", "data.batch_size=4", "data.crop_size=64", "data.min_size=160", "data.max_size=256",
