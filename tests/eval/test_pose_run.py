@@ -72,8 +72,12 @@ def test_a_pair_without_features_fails_and_one_without_a_pose_counts_as_infinite
             s.put(name, _features(rng.uniform(0, 600, (3, 2)), np.eye(3, 128, dtype=np.float32), (640, 480)))
     junk = PosePair("junk/a.png", "junk/b.png", 0, 0, scenes[0].K0, scenes[0].K1, scenes[0].T_0to1)
     missing = PosePair("s0/a.png", "nowhere.png", 0, 0, scenes[0].K0, scenes[0].K1, scenes[0].T_0to1)
-    report = run_pose([*pairs, junk, missing], None, None, tmp_path / "out", method="m", features_path=store)
-    assert [f[0] for f in report.failures] == ["s0/a.png nowhere.png"] and "not in feature store" in report.failures[0][1]
+    skewed_K = scenes[0].K0.copy()
+    skewed_K[0, 1] = 3.0  # a skew delfi's cameras cannot hold: that pair fails, the run goes on
+    skewed = PosePair("s1/a.png", "s1/b.png", 0, 0, skewed_K, scenes[1].K1, scenes[1].T_0to1)
+    report = run_pose([*pairs, junk, missing, skewed], None, None, tmp_path / "out", method="m", features_path=store)
+    assert [f[0] for f in report.failures] == ["s0/a.png nowhere.png", "s1/a.png s1/b.png"]
+    assert "not in feature store" in report.failures[0][1] and "intrinsics" in report.failures[1][1]
     bad = report.pairs[-1]
     assert bad.status == "not enough matches" and bad.pose_error == float("inf")
     summary = report.summary()

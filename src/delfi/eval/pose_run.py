@@ -276,8 +276,14 @@ def run_pose(
                 if on_pair is not None:
                     on_pair(label, "failed")
                 continue
-            result, verified = _evaluate_pair(pair, f0, f1, mutual_nn, verify, Camera, ratio, threshold, confidence,
-                                              max_iters, seed, backend, precision_threshold)  # fmt: skip
+            try:
+                result, verified = _evaluate_pair(pair, f0, f1, mutual_nn, verify, Camera, ratio, threshold,
+                                                  confidence, max_iters, seed, backend, precision_threshold)  # fmt: skip
+            except ValueError as exc:  # intrinsics delfi's cameras cannot hold (skew, a negative focal length)
+                failures.append((label, f"intrinsics: {exc}"))
+                if on_pair is not None:
+                    on_pair(label, "failed")
+                continue
             results.append(result)
             drawn.append((pair, f0, f1, verified, result))
             if on_pair is not None:
