@@ -99,5 +99,6 @@ def pose(
     for p in report.pairs:
         statuses[p.status] = statuses.get(p.status, 0) + 1
     stderr_console().print("verification: " + ", ".join(f"{n} {s}" for s, n in statuses.items()), highlight=False)
-    stderr_console().print(f"results -> {report.out_dir}/ (results.json, pairs/)", highlight=False)
+    drawn = pictures and images is not None and (report.out_dir / "pairs").is_dir()
+    stderr_console().print(f"results -> {report.out_dir}/ (results.json{', pairs/' if drawn else ''})", highlight=False)
     _report_failures("pairs", report.failures, report.out_dir, images if images is not None else Path("."))

@@ -107,13 +107,12 @@ class PoseReport:
 
         s = self.summary()
         table = Table(title=title or f"relative pose: {self.method} ({s['pairs']} pairs)")
-        for column in ("AUC@5", "AUC@10", "AUC@20", "mAA", "median err", "failures", "matches", "inliers",
-                       "precision"):  # fmt: skip
-            table.add_column(column, justify="right")
+        for column in ("AUC@5", "AUC@10", "AUC@20", "mAA", "median", "failed", "matches", "inliers", "prec."):
+            table.add_column(column, justify="right", no_wrap=True)
         aucs = [s[f"auc@{t:g}"] for t in self.thresholds[:3]]
         median = s["median_pose_error"]
         table.add_row(*(f"{100 * a:.1f}" for a in aucs), f"{100 * s['mAA']:.1f}",
-                      f"{median:.2f} deg" if math.isfinite(median) else "inf", str(s["failures"]),
+                      f"{median:.2f}°" if math.isfinite(median) else "inf", str(s["failures"]),
                       f"{s['mean_matches']:.0f}", f"{s['mean_inliers']:.0f}", f"{s['precision']:.3f}")
         return table
 
